@@ -21,6 +21,7 @@ COMMANDS = {
     "export": "import a checkpoint, precompute prompt embeddings, trace the graph, write a .mar archive",
     "predict": "segment a clip in process with an archive; prints the same JSON the HTTP API returns",
     "schema": "print the JSON Schema of the wire contract",
+    "segment": "send a clip to a running leakseg service and summarise the result",
 }
 
 

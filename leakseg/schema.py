@@ -11,7 +11,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import List, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 SCHEMA_VERSION = "1"
 
@@ -68,6 +68,14 @@ class ClipOptions(_Strict):
         9, ge=0, le=31, description="Size of the elliptical opening kernel in pixels; 0 turns the opening off."
     )
     return_masks: bool = Field(True, description="Include the RLE mask of every frame.")
+
+    @field_validator("opening_kernel")
+    @classmethod
+    def _odd_kernel(cls, v: int) -> int:
+        if v and v % 2 == 0:
+            raise ValueError("opening_kernel must be 0 (off) or odd, so the ellipse has a centre pixel")
+        return v
+
     return_probabilities: bool = Field(
         False, description="Include a low-resolution probability map (sigmoid, 0-255) per frame."
     )

@@ -1,0 +1,352 @@
+"""The HTTP client of a running leakseg service (TorchServe with the JVLGS handler).
+
+Retry policy, and why:
+
+* retried, with capped exponential backoff and jitter: connection errors (refused, reset,
+  connect timeout) and 503 (no free worker, queue full). In these cases TorchServe turned the
+  request away before a worker ran it, or never saw it, so sending it again is safe and
+  likely to work a moment later;
+* never retried: every 4xx (the same bytes get the same answer), 5xx other than 503 (the
+  handler failed on this clip), and read timeouts. A read timeout means the request was
+  delivered and a worker may still be running it: a retry would queue a second copy behind the
+  first and make an overloaded service slower still. Raise ``timeout`` instead;
+* an auth failure with a token read from TorchServe's key file re-reads the file once: the
+  inference key expires and TorchServe writes the renewed one to the same file.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import random
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Type, TypeVar, Union
+
+import requests
+from pydantic import BaseModel, ValidationError
+from requests.adapters import HTTPAdapter
+
+from leakseg import __version__
+from leakseg.client.errors import (
+    TORCHSERVE_DEFAULT_MAX_REQUEST_SIZE,
+    RETRYABLE,
+    AuthError,
+    ConnectionFailed,
+    ModelNotReady,
+    ServiceError,
+    ServiceUnavailable,
+    Timeout,
+    error_from_response,
+)
+from leakseg.client.inputs import Form, Frames, RequestBody, build_request, describe_request, validate_options
+from leakseg.schema import ClipOptions, ClipResult, ModelDescription
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8080"
+DEFAULT_MODEL = "jvlgs"
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+class LeakSegClient:
+    """Client of ``POST {base_url}/predictions/{model}``; one keep-alive session, safe to share across threads.
+
+    >>> with LeakSegClient("http://127.0.0.1:8080", key_file="key_file.json") as client:
+    ...     result = client.segment("clip_folder/", threshold=0.4)
+    ...     print(result.leak_frames, result.masks().shape)
+
+    ``base_url`` defaults to ``$LEAKSEG_URL``, then http://127.0.0.1:8080. The token is, in
+    order: ``token``, ``$LEAKSEG_TOKEN``, the "inference" key of ``key_file`` (or
+    ``$LEAKSEG_KEY_FILE``), TorchServe's ``key_file.json``; None sends no Authorization header.
+    ``timeout`` is the read timeout in seconds (a whole clip's inference must fit in it);
+    ``retries`` is how many times a retryable failure is retried (so at most retries + 1 tries).
+    ``pool_size`` bounds the kept-alive connections; keep it >= the concurrency you use.
+    """
+
+    def __init__(
+        self,
+        base_url: Optional[str] = None,
+        token: Optional[str] = None,
+        model: str = DEFAULT_MODEL,
+        timeout: float = 60.0,
+        retries: int = 3,
+        key_file: Optional[Union[str, "os.PathLike[str]"]] = None,
+        *,
+        connect_timeout: float = 10.0,
+        backoff: float = 0.25,
+        max_backoff: float = 8.0,
+        pool_size: int = 16,
+    ):
+        if retries < 0:
+            raise ValueError("retries must be >= 0")
+        self.base_url = (base_url or os.environ.get("LEAKSEG_URL") or DEFAULT_BASE_URL).rstrip("/")
+        self.model = model
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self._key_file = key_file or os.environ.get("LEAKSEG_KEY_FILE") or None
+        self._token = resolve_token(token, self._key_file)
+        # Only a token that came from the key file may be refreshed from it.
+        self._token_from_file = self._token is not None and not (token or os.environ.get("LEAKSEG_TOKEN"))
+        self._session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+        self._session.headers.update({"User-Agent": f"leakseg-client/{__version__}", "Accept": "application/json"})
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the kept-alive connections."""
+        self._session.close()
+
+    def __enter__(self) -> "LeakSegClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:  # never shows the token
+        auth = "token" if self._token else "no token"
+        return f"LeakSegClient({self.base_url!r}, model={self.model!r}, {auth})"
+
+    @property
+    def url(self) -> str:
+        """The prediction endpoint."""
+        return f"{self.base_url}/predictions/{self.model}"
+
+    # -- API ------------------------------------------------------------------------------------
+
+    def segment(
+        self,
+        frames: Frames,
+        prompts: Union[str, Sequence[str], None] = None,
+        *,
+        form: Form = "multipart",
+        options: Union[ClipOptions, Mapping[str, Any], None] = None,
+        **option_fields: Any,
+    ) -> ClipResult:
+        """Segment one clip and return the service's :class:`~leakseg.schema.ClipResult`.
+
+        ``frames``: image paths, a folder of images, a ``.npy``/``.npz`` clip path, a
+        T x H x W [x 3] array or a list of H x W [x 3] arrays (uint8, uint16, float32), or PIL
+        images. ``prompts`` override the model's default prompts. Options (``threshold=0.4``,
+        ``opening_kernel=0``, ...) are the :class:`~leakseg.schema.ClipOptions` fields, passed
+        as keywords or as ``options=``; they are validated before anything is sent.
+        """
+        merged = {**validate_options(options), **option_fields}
+        body = build_request(frames, prompts, merged, form)
+        return _parse(ClipResult, self._post(body))
+
+    def segment_many(
+        self,
+        clips: Iterable[Frames],
+        concurrency: int = 4,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> Iterator[Union[ClipResult, Exception]]:
+        """Segment clips ``concurrency`` at a time; results come back in input order.
+
+        ``clips`` may be a lazy iterable: at most ``2 * concurrency`` clips are read ahead.
+        ``kwargs`` go to :meth:`segment` for every clip. With ``return_exceptions`` a clip's
+        error is yielded in its place instead of ending the iteration.
+        """
+        if concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        source = iter(clips)
+        pending: "deque[Future[ClipResult]]" = deque()
+        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="leakseg-client") as pool:
+            try:
+                for clip in itertools.islice(source, 2 * concurrency):
+                    pending.append(pool.submit(self.segment, clip, **kwargs))
+                while pending:
+                    done = pending.popleft()
+                    for clip in itertools.islice(source, 1):  # keep the read-ahead window full
+                        pending.append(pool.submit(self.segment, clip, **kwargs))
+                    yield _outcome(done, return_exceptions)
+            finally:
+                for future in pending:  # stopped early: do not send what is still queued
+                    future.cancel()
+
+    def describe(self) -> ModelDescription:
+        """The model's prompts, limits and default options (also proves a worker has it loaded)."""
+        return _parse(ModelDescription, self._post(describe_request()))
+
+    def ready(self, timeout: Optional[float] = None) -> bool:
+        """True when a worker answers a describe request; False while the service is not ready.
+
+        One try, no retries: False on 503/404, connection errors, timeouts and 5xx. Raises
+        :class:`AuthError` and :class:`InvalidInput`, which waiting will not fix.
+        """
+        try:
+            self._post(describe_request(), retries=0, timeout=timeout)
+        except AuthError:
+            raise
+        except (ServiceUnavailable, ConnectionFailed, Timeout, ServiceError):
+            return False
+        return True
+
+    def wait_until_ready(self, timeout: float = 300.0, interval: float = 2.0) -> ModelDescription:
+        """Poll :meth:`describe` until a worker answers; raises :class:`ModelNotReady` after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return _parse(ModelDescription, self._post(describe_request(), retries=0))
+            except (ServiceUnavailable, ConnectionFailed, Timeout, ServiceError) as exc:
+                if time.monotonic() + interval > deadline:
+                    raise ModelNotReady(f"{self.url} not ready after {timeout:.0f} s; last error: {exc}") from exc
+            time.sleep(interval)
+
+    # -- transport ------------------------------------------------------------------------------
+
+    def _post(self, body: RequestBody, *, retries: Optional[int] = None, timeout: Optional[float] = None) -> Any:
+        """POST with the retry policy of the module docstring; returns the parsed JSON of a 200."""
+        retries = self.retries if retries is None else retries
+        attempt = 0
+        refreshed = False
+        while True:
+            try:
+                return self._send_once(body, timeout)
+            except AuthError:
+                if refreshed or not self._reload_token():
+                    raise
+                refreshed = True
+            except RETRYABLE as exc:
+                if attempt >= retries:
+                    raise
+                delay = self._delay(attempt)
+                attempt += 1
+                log.debug("retry %d/%d in %.2f s after: %s", attempt, retries, delay, exc)
+                time.sleep(delay)
+
+    def _send_once(self, body: RequestBody, timeout: Optional[float]) -> Any:
+        headers = dict(body.headers)
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        try:
+            response = self._session.post(
+                self.url, data=body.data, headers=headers,
+                timeout=(self.connect_timeout, self.timeout if timeout is None else timeout),
+            )
+        except requests.ConnectionError as exc:
+            if _is_read_timeout(exc):
+                raise Timeout(f"no answer from {self.url} within {self.timeout} s") from exc
+            raise ConnectionFailed(self._connection_message(exc, body)) from exc
+        except requests.Timeout as exc:
+            raise Timeout(f"no answer from {self.url} within {self.timeout} s (the server may "
+                          "still be working on it; raise timeout for long clips)") from exc
+        except requests.RequestException as exc:  # e.g. the answer broke off half-way
+            raise ServiceError(f"broken answer from {self.url}: {exc}") from exc
+        if response.status_code == 200:
+            return _json_of(response)
+        raise error_from_response(response.status_code, _error_body(response), request_bytes=body.size)
+
+    def _connection_message(self, exc: Exception, body: RequestBody) -> str:
+        message = f"cannot reach {self.url}: {_root_cause(exc)}"
+        if body.size > TORCHSERVE_DEFAULT_MAX_REQUEST_SIZE:
+            # TorchServe may drop the connection of an oversized upload instead of answering 413.
+            message += (f" (if the service is up: the body is {body.size / 1e6:.1f} MB, check its "
+                        "max_request_size)")
+        return message
+
+    def _delay(self, attempt: int) -> float:
+        # Jitter keeps the threads of segment_many from retrying in lockstep.
+        return min(self.max_backoff, self.backoff * 2 ** attempt) * random.uniform(0.5, 1.0)
+
+    def _reload_token(self) -> bool:
+        """Re-read the key file after an auth failure; True if it now holds another key."""
+        if not (self._token_from_file and self._key_file):
+            return False
+        try:
+            fresh = read_inference_key(self._key_file)
+        except (OSError, AuthError):
+            return False
+        changed = fresh != self._token
+        self._token = fresh
+        return changed
+
+
+# -- tokens ---------------------------------------------------------------------------------------
+
+
+def resolve_token(
+    token: Optional[str] = None, key_file: Optional[Union[str, "os.PathLike[str]"]] = None
+) -> Optional[str]:
+    """``token``, else ``$LEAKSEG_TOKEN``, else the inference key of ``key_file``/``$LEAKSEG_KEY_FILE``."""
+    if token:
+        return token
+    if os.environ.get("LEAKSEG_TOKEN"):
+        return os.environ["LEAKSEG_TOKEN"]
+    key_file = key_file or os.environ.get("LEAKSEG_KEY_FILE")
+    return read_inference_key(key_file) if key_file else None
+
+
+def read_inference_key(path: Union[str, "os.PathLike[str]"]) -> str:
+    """The "inference" key of a TorchServe ``key_file.json``; AuthError if the file has none."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            keys = json.load(f)
+        except ValueError as exc:
+            raise AuthError(f"{path} is not a TorchServe key file (not JSON)") from exc
+    key = keys.get("inference", {}).get("key") if isinstance(keys, dict) else None
+    if not isinstance(key, str) or not key:
+        raise AuthError(f"{path} holds no inference key (expected {{\"inference\": {{\"key\": ...}}}})")
+    return key
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def _parse(model: Type[_M], payload: Any) -> _M:
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        raise ServiceError(f"the service answered something that is not a {model.__name__}: {exc}") from exc
+
+
+def _json_of(response: requests.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise ServiceError(f"the service answered 200 with a body that is not JSON: {response.text[:200]!r}",
+                           status=200) from exc
+
+
+def _error_body(response: requests.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return response.text
+
+
+def _outcome(future: "Future[ClipResult]", return_exceptions: bool) -> Union[ClipResult, Exception]:
+    if not return_exceptions:
+        return future.result()
+    try:
+        return future.result()
+    except Exception as exc:  # noqa: BLE001 - handed to the caller in the clip's place
+        return exc
+
+
+def _is_read_timeout(exc: BaseException) -> bool:
+    """requests wraps a read timeout hit while reading the body in a ConnectionError."""
+    from urllib3.exceptions import ReadTimeoutError
+
+    return any(isinstance(arg, ReadTimeoutError) for arg in exc.args)
+
+
+def _root_cause(exc: BaseException) -> str:
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return str(exc) or type(exc).__name__
+
+
+__all__ = ["DEFAULT_BASE_URL", "DEFAULT_MODEL", "LeakSegClient", "read_inference_key", "resolve_token"]

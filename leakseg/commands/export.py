@@ -1,0 +1,63 @@
+"""Import a JVLGS checkpoint and write a TorchServe archive (model_store/NAME.mar).
+
+CHECKPOINT is either an authors' .pth (IGS-Few_best.pth, a SimGas fold; keys as in the
+published research code, optionally prefixed "module.") or a native leakseg checkpoint folder
+(config.json + model.safetensors). The architecture (PVTv2 b0-b5, text model depth/width/MLP,
+prompt count P) is read from tensor shapes: no flags are needed.
+
+Steps: 1 build the model and import the weights; 2 embed the prompts once with the
+checkpoint's own text model (CLIP BPE tokenizer, offline); 3 trace the clip graph (each frame
+encoded once, every frame's triplet decoded); 4 compare the graph with the eager model and
+refuse to archive if the logits differ by more than 1e-3; 5 write the .mar (graph, prompt
+bank, manifest, handler).
+
+examples:
+  leakseg export --checkpoint IGS-Few_best.pth
+  leakseg export --checkpoint model_store/jvlgs-default --name jvlgs
+  leakseg export --checkpoint ft.pth --text-model ./owlv2-base-patch16 \\
+      --extra-prompts "gas plume" "vapour cloud"
+"""
+
+from pathlib import Path
+
+
+def add_arguments(parser):
+    parser.add_argument("--checkpoint", required=True, type=Path, help="authors' .pth or native checkpoint folder")
+    parser.add_argument("--format", choices=["onnx", "torchscript"], default="onnx",
+                        help="graph format (default onnx: fastest on CPU, CUDA provider on GPU)")
+    parser.add_argument("--name", default="jvlgs", help="model name: the URL is /predictions/NAME (default jvlgs)")
+    parser.add_argument("--version", default="1.0", help="model version recorded in the archive (default 1.0)")
+    parser.add_argument("--output-dir", type=Path, default=Path("model_store"), help="where NAME.mar goes")
+    parser.add_argument("--prompts", nargs="+", metavar="PROMPT",
+                        help="the P prompts, in order (default: the published four)")
+    parser.add_argument("--extra-prompts", nargs="+", default=[], metavar="PROMPT",
+                        help="more prompts to precompute, which requests may use in place of the defaults")
+    parser.add_argument("--text-model", type=Path, metavar="DIR",
+                        help="local Hugging Face OWLv2 folder: its tokenizer, and its text weights when the "
+                             "checkpoint has none")
+    parser.add_argument("--batch-size", type=int, default=4, help="TorchServe batch size (requests per forward)")
+    parser.add_argument("--max-batch-delay", type=int, default=50, help="ms TorchServe waits to fill a batch")
+    parser.add_argument("--workers", type=int, default=1, help="TorchServe workers for this model")
+    parser.add_argument("--max-frames", type=int, default=32, help="frames per request (default 32)")
+
+
+def run(args):
+    import logging
+
+    from leakseg.export.checkpoint import CheckpointError
+    from leakseg.export.pipeline import ExportOptions, export_archive
+    from leakseg.manifest import ClipLimits
+
+    opts = ExportOptions(
+        checkpoint=args.checkpoint, name=args.name, version=args.version, format=args.format,
+        output_dir=args.output_dir, prompts=args.prompts, extra_prompts=args.extra_prompts,
+        text_model_dir=args.text_model, batch_size=args.batch_size, max_batch_delay_ms=args.max_batch_delay,
+        workers=args.workers, limits=ClipLimits(max_frames=args.max_frames),
+    )
+    try:
+        mar = export_archive(opts)
+    except (CheckpointError, ValueError, RuntimeError, FileNotFoundError) as exc:
+        logging.getLogger("leakseg.export").error("%s", exc)
+        return 1
+    print(f"wrote {mar}")
+    return 0

@@ -1,0 +1,62 @@
+"""Segment one clip in process with an archive, without a server.
+
+Writes exactly the JSON that POST /predictions/NAME returns (see docs/API.md).
+FRAME... are image files (PNG, JPEG, TIFF, BMP; 8/16-bit; grey or RGB) in clip order,
+or a single .npy/.npz clip (T x H x W [x 3]; uint8, uint16 or float32).
+
+examples:
+  leakseg predict --archive model_store/jvlgs.mar clip/*.png --output result.json
+  leakseg predict --archive model_store/jvlgs.mar clip.npy --threshold 0.6 --opening-kernel 0
+"""
+
+import json
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser):
+    parser.add_argument("--archive", required=True, type=Path, help="a .mar file or an extracted archive folder")
+    parser.add_argument("frames", nargs="+", type=Path, metavar="FRAME", help="image files, or one .npy/.npz clip")
+    parser.add_argument("--prompts", nargs="+", metavar="PROMPT", help="exactly P prompts from the archive's bank")
+    parser.add_argument("--threshold", type=float, help="probability threshold (default 0.5)")
+    parser.add_argument("--normalization", choices=["minmax", "absolute"], help="default minmax, as published")
+    parser.add_argument("--opening-kernel", type=int, help="ellipse size for the opening, 0 = off (default 9)")
+    parser.add_argument("--probabilities", action="store_true", help="include low-resolution probability maps")
+    parser.add_argument("--output", "-o", type=Path, help="write the JSON here instead of standard output")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+
+def read_frames(paths):
+    """Frames and their names from image files or one .npy/.npz clip."""
+    from leakseg.frames import decode_clip_array, decode_image
+
+    if len(paths) == 1 and paths[0].suffix.lower() in (".npy", ".npz"):
+        frames = decode_clip_array(paths[0].read_bytes(), str(paths[0]))
+        return frames, [f"{paths[0].name}[{i}]" for i in range(len(frames))]
+    return [decode_image(p.read_bytes(), str(p)) for p in paths], [str(p) for p in paths]
+
+
+def run(args):
+    from leakseg.errors import InputError
+    from leakseg.pipeline import Predictor
+
+    options = {k: v for k, v in {
+        "threshold": args.threshold, "normalization": args.normalization,
+        "opening_kernel": args.opening_kernel, "return_probabilities": args.probabilities or None,
+    }.items() if v is not None}
+    predictor = Predictor.from_archive(args.archive, device=args.device)
+    try:
+        frames, names = read_frames(args.frames)
+        clip = predictor.prepare(frames, args.prompts, options, names=names)
+    except InputError as exc:
+        print(exc.to_response().model_dump_json(indent=2), file=sys.stderr)
+        return 2
+    result = predictor.run([clip])[0]
+    text = result.model_dump_json(indent=2)
+    if args.output:
+        args.output.write_text(text + "\n")
+        leaks = result.clip.leak_frames
+        print(f"{result.clip.frames} frames, leak in {len(leaks)}: {leaks}; wrote {args.output}", file=sys.stderr)
+    else:
+        print(text)
+    return 0

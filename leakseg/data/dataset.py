@@ -1,0 +1,82 @@
+"""Read clips laid out as the authors' datasets are: ``ROOT/SCENE/images/*`` and ``ROOT/SCENE/masks/*``.
+
+Frames and masks are paired by file stem (``00012.png`` with ``00012.png`` or ``00012.jpg``) and ordered
+naturally (``2`` before ``10``). Images may be png, jpg, bmp or tif, grey or RGB (converted to grey), 8 or
+16 bit. Masks are read as "non-zero" when stored as 0/1 and as ">= 128" otherwise, which also copes with JPEG
+ringing around 0/255 masks.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import List, Optional, Tuple, Union
+
+import numpy as np
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+PathLike = Union[str, Path]
+
+
+def _natural_key(path: Path):
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.stem)]
+
+
+def _images_in(folder: Path) -> List[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS), key=_natural_key)
+
+
+def list_scenes(root: PathLike) -> List[Path]:
+    """Scene folders under ``root`` (those with an ``images`` folder), in natural order."""
+    root = Path(root)
+    return sorted((d for d in root.iterdir() if (d / "images").is_dir()), key=_natural_key)
+
+
+def scene_frames(scene_dir: PathLike) -> List[Tuple[Path, Optional[Path]]]:
+    """(image, mask or None) for every frame of a scene, in order."""
+    scene_dir = Path(scene_dir)
+    masks = {p.stem: p for p in _images_in(scene_dir / "masks")}
+    return [(p, masks.get(p.stem)) for p in _images_in(scene_dir / "images")]
+
+
+def read_image(path: PathLike) -> np.ndarray:
+    """One frame as a 2-D uint8 or uint16 array."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        if img.mode.startswith("I"):  # 16-bit grey comes as I;16* (or I, 32-bit, from older readers)
+            arr = np.asarray(img)
+            if arr.min() < 0 or arr.max() > 65535:
+                raise ValueError(f"{path}: {img.mode} values outside the uint16 range")
+            return arr.astype(np.uint16)
+        if img.mode != "L":
+            img = img.convert("L")  # RGB(A), palette, 1-bit: a grey frame repeated to 3 channels stays exact
+        return np.asarray(img, dtype=np.uint8).copy()
+
+
+def read_mask(path: PathLike) -> np.ndarray:
+    arr = read_image(path)
+    return arr > 0 if arr.max(initial=0) <= 1 else arr >= (128 if arr.dtype == np.uint8 else 32768)
+
+
+def load_scene(scene_dir: PathLike) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """(frames T x H x W uint8/uint16, masks T x H x W bool) of one scene.
+
+    ``masks`` is None when the scene has no ``masks`` folder (an unlabelled clip). If only some frames are
+    labelled (IGS-Few keeps at most 30 per video) this raises; use :func:`scene_frames` to handle that.
+    """
+    pairs = scene_frames(scene_dir)
+    if not pairs:
+        raise FileNotFoundError(f"no images in {Path(scene_dir) / 'images'}")
+    frames = np.stack([read_image(img) for img, _ in pairs])  # np.stack refuses mixed sizes
+    if not (Path(scene_dir) / "masks").is_dir():
+        return frames, None
+    missing = [img.name for img, mask in pairs if mask is None]
+    if missing:
+        raise FileNotFoundError(f"{scene_dir}: no mask for {len(missing)} frame(s), e.g. {missing[0]}")
+    masks = np.stack([read_mask(mask) for _, mask in pairs])
+    if masks.shape != frames.shape:
+        raise ValueError(f"{scene_dir}: masks {masks.shape} do not match frames {frames.shape}")
+    return frames, masks

@@ -1,0 +1,564 @@
+"""Synthetic, labelled infrared gas-leak clips (pure numpy).
+
+A clip is rendered in four layers, in "apparent temperature" units (roughly 0 = clear sky, 1 = hot process pipe):
+
+1. **Scene**: a sky gradient (cold overhead, warmer at the horizon), far silhouettes (tanks, buildings, stacks),
+   textured ground, and a foreground pipe rack with flanges and valves. Clouds drift across the visible sky and
+   birds fly through it: moving distractors that are *not* gas.
+2. **Plume**: a leak at one flange or valve emits Gaussian puffs several times per frame. Each puff leaves with a
+   decaying jet velocity, is carried by a gusty wind, rises or sinks with buoyancy, meanders with its own
+   turbulent velocity, grows by diffusion and slowly dissipates. Emission is intermittent (puffing). The summed
+   puffs are warped by a smooth, evolving displacement field and multiplied by advected log-normal turbulence, so
+   the plume is wispy rather than a smooth cone.
+3. **Radiative transfer**: the plume's optical depth ``D`` (column density times absorption) gives an opacity
+   ``1 - exp(-D)``; the frame changes by ``opacity * dT`` where ``dT`` is the gas-background temperature
+   difference: a per-clip signed contrast (hot or cold gas) that also depends partly on the local background,
+   floored at half its nominal size so that labelled gas is never invisible.
+4. **Camera**: optics blur, slow integer camera jitter, vignetting, fixed-pattern noise (column stripes, pixel
+   offsets and gains), a slow offset drift, temporal noise, then either an 8-bit AGC-stretched image (white-hot
+   or black-hot) or 16-bit raw counts.
+
+**The label.** ``mask = D > visibility_threshold`` (default :data:`VISIBILITY_THRESHOLD` = 0.1, i.e. where the
+gas absorbs at least ~9.5 % of the background radiance). The plume's optical depth is scaled per clip so that
+its typical peak is 3-10x the threshold, and the contrast is chosen so that at the threshold the intensity
+change is ``edge_snr`` (1.5-4, per clip) times the temporal noise; inside the mask the plume is at least half
+that far above the noise.
+
+Leak modes: ``"full"`` (leaking before and throughout the clip), ``"none"`` (leak-free), ``"start"`` (the leak
+begins mid-clip) and ``"stop"`` (it stops mid-clip and the remaining gas drifts off and dilutes). The scene,
+wind and noise of a seed do not depend on the mode, so ``leak="none"`` is the gas-free twin of the same seed.
+
+Output follows the authors' dataset layout: ``OUT/SCENE/images/00000.png``, ``OUT/SCENE/masks/00000.png``
+(0/255 uint8) and ``OUT/SCENE/meta.json``. Everything is drawn from ``numpy.random.default_rng``, so the same
+seed gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple, Union
+
+import numpy as np
+
+#: Default optical depth above which gas counts as visible (opacity 1 - e^-0.1 ~ 9.5 %).
+VISIBILITY_THRESHOLD = 0.1
+LEAK_MODES = ("full", "none", "start", "stop")
+GENERATOR_VERSION = 1
+
+_MARGIN = 8  # canvas border, in pixels, that camera jitter can bring into view
+_PREROLL = 40  # frames a "full"/"stop" leak has been running before frame 0, so the plume is developed
+
+
+@dataclass
+class SynthClip:
+    """Everything :func:`simulate_clip` renders. Arrays are T x H x W."""
+
+    frames: np.ndarray  #: uint8 or uint16 sensor frames
+    masks: np.ndarray  #: bool, ``density > meta["visibility_threshold"]``
+    density: np.ndarray  #: float32 optical depth of the gas, in image coordinates
+    background: np.ndarray  #: float32 frames without gas and without temporal noise, in output units
+    meta: Dict
+
+
+# ---------------------------------------------------------------- numpy building blocks
+
+
+def _noise_spectrum(rng: np.random.Generator, shape: Tuple[int, int], beta: float) -> np.ndarray:
+    """rfft2 spectrum of periodic noise with power ~ 1/f^beta and unit variance in space."""
+    white = np.fft.rfft2(rng.standard_normal(shape))
+    fy = np.fft.fftfreq(shape[0])[:, None]
+    fx = np.fft.rfftfreq(shape[1])[None, :]
+    f = np.sqrt(fy**2 + fx**2)
+    f[0, 0] = 1.0
+    spec = white * f ** (-beta / 2)
+    spec[0, 0] = 0.0
+    return spec / np.fft.irfft2(spec, s=shape).std()
+
+
+def _noise(spec: np.ndarray, shape: Tuple[int, int], shift: Tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """Noise field of a spectrum, translated by ``shift`` = (dy, dx) pixels (sub-pixel, periodic)."""
+    if shift != (0.0, 0.0):  # a translation is a phase ramp, separable in y and x
+        ey = np.exp(-2j * np.pi * np.fft.fftfreq(shape[0]) * shift[0])
+        ex = np.exp(-2j * np.pi * np.fft.rfftfreq(shape[1]) * shift[1])
+        spec = spec * ey[:, None] * ex[None, :]
+    return np.fft.irfft2(spec, s=shape).astype(np.float32)
+
+
+def _gaussian_kernel(sigma: float) -> np.ndarray:
+    r = max(1, int(math.ceil(3 * sigma)))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    return k / k.sum()
+
+
+def blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur over the last two axes, edges reflected (no scipy)."""
+    if sigma <= 0:
+        return img
+    k = _gaussian_kernel(sigma).astype(np.float32)  # float32 weights keep the sums in float32
+    r = len(k) // 2
+    out = img
+    for axis in (img.ndim - 2, img.ndim - 1):
+        pad = [(0, 0)] * img.ndim
+        pad[axis] = (r, r)
+        padded = np.pad(out, pad, mode="reflect")
+        n = out.shape[axis]
+        acc = np.zeros_like(out, dtype=np.float32)
+        for i, w in enumerate(k):
+            sl = [slice(None)] * img.ndim
+            sl[axis] = slice(i, i + n)
+            acc += w * padded[tuple(sl)]
+        out = acc
+    return out
+
+
+def _bilinear(img: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Sample a 2-D image at float coordinates, clamped to the border."""
+    h, w = img.shape
+    y = np.clip(y, 0, h - 1.001)
+    x = np.clip(x, 0, w - 1.001)
+    y0 = y.astype(np.intp)
+    x0 = x.astype(np.intp)
+    fy, fx = y - y0, x - x0
+    flat = img.ravel()
+    i = y0 * w + x0
+    top = flat[i] * (1 - fx) + flat[i + 1] * fx
+    bottom = flat[i + w] * (1 - fx) + flat[i + w + 1] * fx
+    return (top * (1 - fy) + bottom * fy).astype(np.float32)
+
+
+def _render_gaussians(cy, cx, sy, sx, mass, shape: Tuple[int, int]) -> np.ndarray:
+    """Sum of axis-aligned normalised 2-D Gaussians as one matrix product: (H x N) @ (N x W)."""
+    if len(mass) == 0:
+        return np.zeros(shape, np.float32)
+    cy, cx, sy, sx, mass = (np.asarray(a, np.float32) for a in (cy, cx, sy, sx, mass))
+    out = np.zeros(shape, np.float32)
+    # Only the rows and columns within 4 sigma of some puff can be non-zero: render just that window.
+    y0, y1 = max(int(np.min(cy - 4 * sy)), 0), min(int(np.max(cy + 4 * sy)) + 2, shape[0])
+    x0, x1 = max(int(np.min(cx - 4 * sx)), 0), min(int(np.max(cx + 4 * sx)) + 2, shape[1])
+    if y0 >= y1 or x0 >= x1:
+        return out
+    ys = np.arange(y0, y1, dtype=np.float32)[:, None]
+    xs = np.arange(x0, x1, dtype=np.float32)[:, None]
+    gy = np.exp(-0.5 * ((ys - cy) / sy) ** 2) * (mass / (np.float32(2 * math.pi) * sy * sx))
+    gx = np.exp(-0.5 * ((xs - cx) / sx) ** 2)
+    out[y0:y1, x0:x1] = gy @ gx.T
+    return out
+
+
+def _ar1(rng: np.random.Generator, n: int, phi: float, std: float, dims: int = 1) -> np.ndarray:
+    """Stationary AR(1) series (n x dims): smooth random processes for gusts, drift and puffing."""
+    eps = rng.standard_normal((n, dims)) * std * math.sqrt(1 - phi**2)
+    out = np.empty((n, dims))
+    out[0] = rng.standard_normal(dims) * std
+    for t in range(1, n):
+        out[t] = phi * out[t - 1] + eps[t]
+    return out
+
+
+# ---------------------------------------------------------------- the scene
+
+
+@dataclass
+class _Scene:
+    image: np.ndarray  # static background, canvas size
+    sky: np.ndarray  # 1 where open sky is visible (clouds are drawn there)
+    ground_level: float  # median scene temperature, the reference for the gas contrast
+    sources: List[Tuple[float, float, float]]  # (y, x, outward normal angle) of flanges and valves
+
+
+def _pipe_profile(n: int, temp: float, shade: float, tilt: float) -> np.ndarray:
+    """Temperature across a cylinder: brighter middle, one side reflecting the cold sky."""
+    u = np.linspace(-1, 1, n)
+    return temp + shade * (np.sqrt(np.clip(1 - u**2, 0, 1)) - 0.7) + tilt * u
+
+
+def _draw_pipe(img, sky, rng, horizontal: bool, pos: int, start: int, stop: int, radius: int, temp: float):
+    """Draw a pipe with flanges/valves on it; returns the leak-source candidates it offers."""
+    prof = _pipe_profile(2 * radius + 1, temp, rng.uniform(0.03, 0.08), rng.uniform(0.0, 0.05))
+    view = img if horizontal else img.T
+    sview = sky if horizontal else sky.T
+    lo, hi = max(pos - radius, 0), min(pos + radius + 1, view.shape[0])
+    view[lo:hi, start:stop] = prof[lo - (pos - radius):hi - (pos - radius), None]
+    sview[lo:hi, start:stop] = 0
+    sources = []
+    for _ in range(rng.integers(1, 4)):
+        along = int(rng.uniform(start + 0.1 * (stop - start), stop - 0.1 * (stop - start)))
+        width, extra = int(rng.integers(3, 7)), int(rng.integers(2, 6))
+        fprof = _pipe_profile(2 * (radius + extra) + 1, temp + rng.uniform(-0.05, 0.05), 0.05, 0.03)
+        a, b = pos - radius - extra, pos + radius + extra + 1
+        ca, cb = max(a, 0), min(b, view.shape[0])
+        view[ca:cb, along:along + width] = fprof[ca - a:cb - a, None]
+        sview[ca:cb, along:along + width] = 0
+        if rng.random() < 0.4:  # a valve: a stem and a handwheel seen edge-on
+            stem_top = max(a - int(rng.integers(6, 14)), 0)
+            view[stem_top:max(a, 0), along + width // 2 - 1:along + width // 2 + 1] = temp - 0.05
+            view[stem_top:stem_top + 2, along - 4:along + width + 4] = temp - 0.08
+            sview[stem_top:max(a, 0), along - 4:along + width + 4] = 0
+        side = rng.choice([-1, 1])
+        y, x = (pos + side * (radius + 1), along + width / 2)
+        normal = -math.pi / 2 if side < 0 else math.pi / 2  # image y grows downwards
+        sources.append((y, x, normal) if horizontal else (x, y, 0.0 if side > 0 else math.pi))
+    return sources
+
+
+def _render_scene(rng: np.random.Generator, shape: Tuple[int, int]) -> _Scene:
+    h, w = shape
+    ys = np.arange(h, dtype=np.float32)[:, None]
+    horizon = 0 if rng.random() < 0.2 else int(rng.uniform(0.25, 0.65) * h)  # 20 %: close-up, no sky
+    sky_top, sky_low = rng.uniform(0.02, 0.15), rng.uniform(0.25, 0.4)
+    ground = rng.uniform(0.45, 0.65)
+    gy = np.clip(ys / max(horizon, 1), 0, 1) ** rng.uniform(1.0, 2.5)
+    img = np.broadcast_to(sky_top + (sky_low - sky_top) * gy, shape).astype(np.float32).copy()
+    sky = np.zeros(shape, np.float32)
+    sky[:horizon] = 1
+    # Ground: warmer towards the camera (sun-heated), with patchy texture at two scales.
+    below = ys >= horizon
+    depth = np.clip((ys - horizon) / max(h - horizon, 1), 0, 1)
+    texture = rng.uniform(0.005, 0.03) * _noise(_noise_spectrum(rng, shape, 3.0), shape) + 0.006 * _noise(
+        _noise_spectrum(rng, shape, 1.5), shape)
+    img = np.where(below, ground + rng.uniform(0.0, 0.1) * depth + texture, img).astype(np.float32)
+    # Far silhouettes standing on the horizon: tanks, buildings, stacks.
+    for _ in range(rng.integers(0, 7) if horizon else 0):
+        bw = int(rng.uniform(0.03, 0.2) * w)
+        bh = int(rng.uniform(0.05, 0.5) * horizon) if rng.random() < 0.8 else int(rng.uniform(0.3, 0.9) * horizon)
+        if rng.random() < 0.3:
+            bw = max(bw // 5, 3)  # a stack: thin and tall
+        x0 = int(rng.integers(0, w - bw))
+        top = horizon - bh
+        temp = ground + rng.uniform(-0.15, 0.1)
+        img[top:horizon + 2, x0:x0 + bw] = _pipe_profile(bw, temp, rng.uniform(0, 0.05), 0)[None, :]
+        sky[top:horizon + 2, x0:x0 + bw] = 0
+    # Foreground pipe rack: the leak sources live here.
+    sources: List[Tuple[float, float, float]] = []
+    for _ in range(rng.integers(1, 5)):
+        horizontal = rng.random() < 0.7
+        n_across, n_along = (h, w) if horizontal else (w, h)
+        radius = int(rng.integers(3, 10))
+        pos = int(rng.uniform(max(0.2, horizon / h if horizontal else 0.2), 0.85) * n_across)
+        start = int(rng.uniform(0, 0.3) * n_along)
+        stop = n_along - int(rng.uniform(0, 0.3) * n_along)
+        temp = rng.uniform(0.75, 0.95) if rng.random() < 0.5 else ground + rng.uniform(-0.1, 0.1)
+        sources += _draw_pipe(img, sky, rng, horizontal, pos, start, stop, radius, temp)
+    return _Scene(img, sky, float(np.median(img)), sources)
+
+
+def _clouds(rng: np.random.Generator, shape, frames: int, sky: np.ndarray) -> np.ndarray:
+    """Slowly drifting warm clouds (T x H x W), only where open sky shows."""
+    if not sky.any() or rng.random() < 0.3:
+        return np.zeros((frames,) + shape, np.float32)
+    spec = _noise_spectrum(rng, shape, rng.uniform(2.5, 3.5))
+    cover, softness, amp = rng.uniform(-0.5, 1.0), rng.uniform(0.3, 1.0), rng.uniform(0.05, 0.25)
+    vel = rng.uniform(-0.8, 0.8), rng.uniform(0.2, 1.2) * rng.choice([-1, 1])
+    out = np.empty((frames,) + shape, np.float32)
+    for t in range(frames):
+        n = _noise(spec, shape, (vel[0] * t * 0.2, vel[1] * t))
+        out[t] = amp * np.clip((n - cover) / softness, 0, 1) ** 1.5 * sky
+    return out
+
+
+def _birds(rng: np.random.Generator, shape, frames: int, horizon_rows: int) -> np.ndarray:
+    """A few small warm flapping blobs crossing the upper image."""
+    out = np.zeros((frames,) + shape, np.float32)
+    if horizon_rows == 0 or rng.random() < 0.5:
+        return out
+    n = int(rng.integers(1, 4))
+    y0 = rng.uniform(0, horizon_rows, n)
+    x0 = rng.uniform(0, shape[1], n)
+    vy, vx = rng.uniform(-1, 1, n), rng.uniform(2, 6, n) * rng.choice([-1, 1], n)
+    size, heat, phase = rng.uniform(1.0, 2.5, n), rng.uniform(0.15, 0.35, n), rng.uniform(0, 6.3, n)
+    for t in range(frames):
+        flap = 1 + 0.6 * np.sin(1.7 * t + phase)  # wings: wide, then narrow
+        peak = 2 * math.pi * size * size * heat  # unit-height blobs
+        out[t] = _render_gaussians(y0 + vy * t, (x0 + vx * t) % shape[1], size * 0.7, size * flap, peak, shape)
+    return out
+
+
+# ---------------------------------------------------------------- the plume
+
+
+def _emission_window(rng: np.random.Generator, leak: str, frames: int) -> Tuple[Optional[int], Optional[int]]:
+    """(first, stop) frame of emission; None = before the clip / after it. (None, None) means no leak."""
+    start = int(rng.integers(frames // 4, max(3 * frames // 4, frames // 4 + 1)))
+    stop = int(rng.integers(max(frames // 5, 1), max(frames // 2, frames // 5 + 2)))
+    return {"full": (-_PREROLL, None), "none": (None, None), "start": (start, None), "stop": (-_PREROLL, stop)}[leak]
+
+
+def _sample_plume(rng: np.random.Generator, scene: _Scene, canvas, crop) -> Dict[str, float]:
+    """Per-clip plume physics. Sources well inside the visible crop are preferred, so the gas is seen."""
+    (h, w), (ch, cw) = canvas, crop
+    inside = [s for s in scene.sources
+              if 0.15 * ch + _MARGIN < s[0] < 0.85 * ch + _MARGIN and 0.15 * cw + _MARGIN < s[1] < 0.85 * cw + _MARGIN]
+    pool = inside or scene.sources or [(h / 2, w / 2, -math.pi / 2)]
+    sy, sx, normal = pool[int(rng.integers(len(pool)))]
+    # Lengths and speeds are drawn for a 352-pixel view of a leak at a typical distance, then scaled:
+    # "zoom" is how close the camera is (a close leak is big and crosses the view fast).
+    zoom = math.exp(rng.uniform(math.log(0.8), math.log(2.5))) * min(ch, cw) / 352
+    wind_dir = rng.uniform(0, 2 * math.pi)
+    wind = rng.uniform(0.3, 2.0) * zoom
+    return dict(
+        source_y=float(sy), source_x=float(sx), zoom=zoom,
+        jet_angle=float(normal + rng.normal(0, 0.6)), jet_speed=rng.uniform(0.5, 4.0) * zoom,
+        jet_decay=rng.uniform(2, 8),
+        wind_x=wind * math.cos(wind_dir), wind_y=0.3 * wind * math.sin(wind_dir),  # mostly horizontal in view
+        gust=rng.uniform(0.1, 0.5), rise=rng.uniform(-0.3, 1.2) * zoom, rise_time=rng.uniform(3, 12),
+        turbulence=rng.uniform(0.2, 0.6) * zoom, sigma0=rng.uniform(2.0, 4.0) * zoom,
+        diffusivity=rng.uniform(2.0, 8.0) * zoom**2, dissipation=rng.uniform(20, 80), puffing=rng.uniform(0.0, 1.0),
+        warp=rng.uniform(1.5, 5.0) * zoom, wisp=rng.uniform(0.3, 0.8), wisp_beta=rng.uniform(2.2, 3.2),
+        boil=rng.uniform(0.05, 0.2), strength=math.exp(rng.uniform(math.log(5), math.log(40))),
+    )
+
+
+def _puff_tracks(rng: np.random.Generator, p: Dict[str, float], window, frames: int):
+    """Integrate puffs on sub-steps; returns one (cy, cx, sigma, mass) tuple of arrays per output frame."""
+    first, stop = window
+    n_sub = int(np.clip(math.ceil(1.5 * (abs(p["wind_x"]) + p["jet_speed"]) / p["sigma0"]), 2, 8))
+    t0 = -_PREROLL
+    steps = (frames - 1 - t0) * n_sub  # the last snapshot is at time frames - 1
+    gusts = _ar1(rng, frames - t0, 0.9, p["gust"] * math.hypot(p["wind_x"], p["wind_y"]) + 0.05, 2)
+    # Puffing: a smooth random rate; high "puffing" makes emission bursty (log-normal with a big variance).
+    rate = np.exp(2.0 * p["puffing"] * _ar1(rng, frames - t0, 0.8, 1.0)[:, 0])
+    turb = rng.standard_normal((steps, 2)) * p["turbulence"]
+    jet = np.array([math.sin(p["jet_angle"]), math.cos(p["jet_angle"])]) * p["jet_speed"]
+    pos = np.zeros((0, 2))
+    vel_t = np.zeros((0, 2))  # each puff's own turbulent velocity (AR(1) across sub-steps)
+    born = np.zeros(0)
+    mass = np.zeros(0)
+    dt = 1.0 / n_sub
+    if first is None:  # leak-free: nothing is ever emitted
+        return [(born, born, born, mass)] * frames
+    out = []
+    for step in range(steps):
+        t = t0 + step * dt
+        f = step // n_sub  # whole frames since t0: indexes the per-frame gusts and rate
+        if t >= first and (stop is None or t < stop):
+            pos = np.vstack([pos, [p["source_y"], p["source_x"]]])
+            vel_t = np.vstack([vel_t, [0.0, 0.0]])
+            born = np.append(born, t)
+            mass = np.append(mass, rate[f] * dt)
+        age = t - born
+        vel_t = 0.9 * vel_t + turb[step] * math.sqrt(1 - 0.81)
+        wind = np.array([p["wind_y"], p["wind_x"]]) + gusts[f]
+        rise = -p["rise"] * (1 - np.exp(-age / p["rise_time"]))  # buoyancy: negative y is up
+        v = wind + jet * np.exp(-age / p["jet_decay"])[:, None] + vel_t
+        v[:, 0] += rise
+        pos = pos + v * dt
+        now = t0 + (step + 1) // n_sub
+        if (step + 1) % n_sub == 0 and now >= 0:  # a snapshot at each whole frame time
+            age = now - born
+            sigma = np.sqrt(p["sigma0"] ** 2 + p["diffusivity"] * age)
+            out.append((pos[:, 0].copy(), pos[:, 1].copy(), sigma, mass * np.exp(-age / p["dissipation"])))
+    return out
+
+
+def _plume_density(rng: np.random.Generator, p: Dict[str, float], window, frames: int, canvas) -> np.ndarray:
+    """Optical depth (T x canvas), before the per-clip scaling to the visibility threshold."""
+    tracks = _puff_tracks(rng, p, window, frames)
+    wisp_spec = _noise_spectrum(rng, canvas, p["wisp_beta"]), _noise_spectrum(rng, canvas, p["wisp_beta"])
+    warp_spec = [_noise_spectrum(rng, canvas, 3.5) for _ in range(4)]
+    yy, xx = np.mgrid[0:canvas[0], 0:canvas[1]].astype(np.float32)
+    g = p["wisp"]
+    out = np.zeros((frames,) + canvas, np.float32)
+    for t, (cy, cx, sigma, mass) in enumerate(tracks):
+        keep = mass > 1e-4 * max(mass.max(initial=0), 1e-12)
+        if not keep.any():
+            continue
+        dens = _render_gaussians(cy[keep], cx[keep], sigma[keep], sigma[keep] * 1.15, mass[keep], canvas)
+        # Turbulence evolves (rotating between two independent fields) while the mean wind carries it.
+        # Mixing and shifting are linear, so they are done on the spectra: one inverse FFT per field.
+        phase, shift = p["boil"] * t, (p["wind_y"] * t, p["wind_x"] * t)
+        c, s = math.cos(phase), math.sin(phase)
+        dy = _noise(c * warp_spec[0] + s * warp_spec[1], canvas, shift)
+        dx = _noise(c * warp_spec[2] + s * warp_spec[3], canvas, shift)
+        dens = _bilinear(dens, yy + p["warp"] * dy, xx + p["warp"] * dx)
+        n = _noise(c * wisp_spec[0] + s * wisp_spec[1], canvas, shift)
+        out[t] = dens * np.exp(g * n - g * g / 2)  # log-normal with mean 1: wisps and holes
+    return out
+
+
+# ---------------------------------------------------------------- the camera
+
+
+def _jitter(rng: np.random.Generator, frames: int) -> np.ndarray:
+    """Slow integer camera shake (T x 2), within the canvas margin; a third of the cameras sit still."""
+    if rng.random() < 0.33:
+        return np.zeros((frames, 2), np.intp)
+    walk = np.cumsum(_ar1(rng, frames, 0.7, rng.uniform(0.2, 0.8), 2), axis=0)
+    return np.clip(np.rint(walk), -_MARGIN, _MARGIN).astype(np.intp)
+
+
+def _output_map(rng: np.random.Generator, bit_depth: int, ref: np.ndarray) -> Dict:
+    """Apparent temperature -> sensor units (offset + gain * x): 8-bit AGC in either palette, or 16-bit raw."""
+    if bit_depth == 8:
+        lo, hi = np.percentile(ref, [0.5, 99.5])
+        gain = 224.0 / max(hi - lo, 1e-3)
+        if rng.random() < 0.25:  # black-hot palette
+            return {"polarity": "black-hot", "offset": float(240.0 + gain * lo), "gain": float(-gain)}
+        return {"polarity": "white-hot", "offset": float(16.0 - gain * lo), "gain": float(gain)}
+    # Raw radiometric counts are always "white-hot"; 14-bit-like range inside uint16.
+    return {"polarity": "white-hot", "offset": rng.uniform(5000, 20000), "gain": rng.uniform(2000, 8000)}
+
+
+# ---------------------------------------------------------------- public API
+
+
+def simulate_clip(
+    seed: int,
+    frames: int = 24,
+    height: int = 352,
+    width: int = 352,
+    leak: Union[str, bool] = "full",
+    bit_depth: int = 8,
+    visibility_threshold: float = VISIBILITY_THRESHOLD,
+) -> SynthClip:
+    """Render one clip with all its layers. ``leak``: "full", "none", "start", "stop" (or True / False)."""
+    leak = {True: "full", False: "none"}.get(leak, leak) if isinstance(leak, bool) else leak
+    if leak not in LEAK_MODES:
+        raise ValueError(f"leak must be one of {LEAK_MODES}, got {leak!r}")
+    if bit_depth not in (8, 16):
+        raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
+    if frames < 1 or height < 16 or width < 16:
+        raise ValueError("need frames >= 1 and a size of at least 16 x 16")
+    # Independent streams: the scene, wind and noise of a seed stay the same whatever the leak mode.
+    r_scene, r_plume, r_time, r_cam = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4))
+    canvas = (height + 2 * _MARGIN, width + 2 * _MARGIN)
+    scene = _render_scene(r_scene, canvas)
+    horizon_rows = int(scene.sky.any(axis=1).sum())
+    moving = _clouds(r_scene, canvas, frames, scene.sky) + _birds(r_scene, canvas, frames, horizon_rows)
+
+    p = _sample_plume(r_plume, scene, canvas, (height, width))
+    window = _emission_window(r_time, leak, frames)
+    raw = _plume_density(r_plume, p, window, frames, canvas)
+    active = raw.reshape(frames, -1).max(axis=1)
+    ref = np.median(active[active > 0]) if (active > 0).any() else 1.0
+    density = raw * np.float32(p["strength"] * visibility_threshold / ref)
+
+    # Contrast: signed gas-minus-background temperature, partly following the local background, floored.
+    noise_sigma = r_cam.uniform(0.004, 0.012)
+    edge_snr = r_cam.uniform(1.2, 3.0)
+    sign = 1.0 if r_cam.random() < 0.5 else -1.0
+    delta = sign * edge_snr * noise_sigma / (1 - math.exp(-visibility_threshold))
+    coupling = r_cam.uniform(0.0, 0.6)
+    dtemp = delta - coupling * (scene.image - scene.ground_level)
+    dtemp = sign * np.maximum(sign * dtemp, 0.6 * abs(delta)).astype(np.float32)
+
+    psf = r_cam.uniform(0.5, 1.1)
+    shifts = _jitter(r_cam, frames)
+    drift = _ar1(r_cam, frames, 0.95, r_cam.uniform(0, 0.5) * noise_sigma)[:, 0]
+    yy, xx = np.mgrid[0:height, 0:width]
+    vignette = 1 - r_cam.uniform(0, 0.08) * (((yy - height / 2) / height) ** 2 + ((xx - width / 2) / width) ** 2) * 2
+    fpn = (r_cam.standard_normal(width)[None, :] * r_cam.uniform(0.2, 1.0)
+           + r_cam.standard_normal((height, width)) * 0.3) * noise_sigma
+    pixel_gain = 1 + r_cam.standard_normal((height, width)) * 0.005
+
+    def camera(x: np.ndarray) -> np.ndarray:
+        x = blur(x, psf)
+        crops = [x[t, _MARGIN + dy:_MARGIN + dy + height, _MARGIN + dx:_MARGIN + dx + width]
+                 for t, (dy, dx) in enumerate(shifts)]
+        return (np.stack(crops) * vignette * pixel_gain + fpn + drift[:, None, None]).astype(np.float32)
+
+    bg_scene = scene.image[None] + moving
+    clean = camera(bg_scene)
+    gassy = camera(bg_scene + dtemp * (1 - np.exp(-density)))
+    temporal = r_cam.standard_normal(gassy.shape).astype(np.float32) * noise_sigma
+    cam_meta = _output_map(r_cam, bit_depth, clean[0])
+    out = cam_meta["offset"] + cam_meta["gain"] * (gassy + temporal)
+    background = (cam_meta["offset"] + cam_meta["gain"] * clean).astype(np.float32)
+    dtype, top = (np.uint8, 255) if bit_depth == 8 else (np.uint16, 65535)
+    frames_out = np.clip(np.rint(out), 0, top).astype(dtype)
+
+    dens_img = np.stack([density[t, _MARGIN + dy:_MARGIN + dy + height, _MARGIN + dx:_MARGIN + dx + width]
+                         for t, (dy, dx) in enumerate(shifts)])
+    masks = dens_img > visibility_threshold
+    meta = {
+        "generator": "leakseg.data.synth", "version": GENERATOR_VERSION, "seed": int(seed),
+        "frames": frames, "height": height, "width": width, "bit_depth": bit_depth, "leak": leak,
+        "visibility_threshold": visibility_threshold,
+        "emission": {"first_frame": window[0], "stop_frame": window[1]},
+        "leak_frames": [int(t) for t in np.flatnonzero(masks.any(axis=(1, 2)))],
+        "source_xy": [p["source_x"] - _MARGIN, p["source_y"] - _MARGIN],
+        "plume": {k: float(v) for k, v in p.items()},
+        "camera": {"noise_sigma_K": float(noise_sigma), "edge_snr": float(edge_snr), "gas_contrast": float(delta),
+                   "contrast_coupling": float(coupling), "psf_sigma": float(psf), **cam_meta,
+                   "jitter": shifts.tolist()},
+    }
+    return SynthClip(frames_out, masks, dens_img.astype(np.float32), background, meta)
+
+
+def generate_clip(
+    seed: int,
+    frames: int = 24,
+    height: int = 352,
+    width: int = 352,
+    leak: Union[str, bool] = "full",
+    bit_depth: int = 8,
+    visibility_threshold: float = VISIBILITY_THRESHOLD,
+) -> Tuple[np.ndarray, np.ndarray, Dict]:
+    """(frames T x H x W uint8/uint16, masks T x H x W bool, meta) for one clip; see :func:`simulate_clip`."""
+    clip = simulate_clip(seed, frames, height, width, leak, bit_depth, visibility_threshold)
+    return clip.frames, clip.masks, clip.meta
+
+
+def write_clip(scene_dir: Union[str, Path], frames: np.ndarray, masks: np.ndarray, meta: Dict) -> Path:
+    """Write SCENE/images/00000.png, SCENE/masks/00000.png (0/255) and SCENE/meta.json."""
+    from PIL import Image
+
+    scene_dir = Path(scene_dir)
+    (scene_dir / "images").mkdir(parents=True, exist_ok=True)
+    (scene_dir / "masks").mkdir(parents=True, exist_ok=True)
+    for t, (frame, mask) in enumerate(zip(frames, masks)):
+        Image.fromarray(frame).save(scene_dir / "images" / f"{t:05d}.png")
+        Image.fromarray(mask.astype(np.uint8) * 255).save(scene_dir / "masks" / f"{t:05d}.png")
+    (scene_dir / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    return scene_dir
+
+
+def clip_plan(n_clips: int, seed: int, leak_free_fraction: float = 0.2, partial_fraction: float = 0.2):
+    """(clip seed, leak mode) for each clip: exact shares of each mode, shuffled by ``seed``."""
+    if not 0 <= leak_free_fraction <= 1 or not 0 <= partial_fraction <= 1 - leak_free_fraction:
+        raise ValueError("need 0 <= leak_free_fraction and 0 <= partial_fraction with a sum of at most 1")
+    n_free = round(n_clips * leak_free_fraction)
+    n_partial = min(round(n_clips * partial_fraction), n_clips - n_free)
+    modes = ["none"] * n_free + ["start", "stop"] * (n_partial // 2) + ["start"] * (n_partial % 2)
+    modes += ["full"] * (n_clips - len(modes))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
+    modes = [modes[i] for i in rng.permutation(n_clips)]
+    seeds = np.random.SeedSequence([seed, 0]).generate_state(n_clips).tolist() if n_clips else []
+    return list(zip(seeds, modes))
+
+
+def write_dataset(
+    out_dir: Union[str, Path],
+    n_clips: int,
+    seed: int,
+    frames: int = 24,
+    height: int = 352,
+    width: int = 352,
+    leak_free_fraction: float = 0.2,
+    partial_fraction: float = 0.2,
+    bit_depth: int = 8,
+    visibility_threshold: float = VISIBILITY_THRESHOLD,
+    progress: bool = True,
+) -> List[Path]:
+    """Write ``n_clips`` clips as OUT/synth_00000/... ; returns the scene folders."""
+    plan = clip_plan(n_clips, seed, leak_free_fraction, partial_fraction)
+    bar = None
+    if progress:
+        try:
+            from tqdm import tqdm
+
+            bar = tqdm(total=n_clips, unit="clip", desc="synth")
+        except ImportError:  # tqdm ships with the [export] extra; the bar is a nicety
+            pass
+    scenes = []
+    for i, (clip_seed, mode) in enumerate(plan):
+        f, m, meta = generate_clip(clip_seed, frames, height, width, mode, bit_depth, visibility_threshold)
+        meta["dataset"] = {"seed": int(seed), "index": i}
+        scenes.append(write_clip(Path(out_dir) / f"synth_{i:05d}", f, m, meta))
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return scenes

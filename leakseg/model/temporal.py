@@ -1,0 +1,56 @@
+"""CTC, the temporal correlation of a target frame with one neighbour (REFERENCE.md 6)."""
+
+from typing import List
+
+import torch
+from torch import nn
+
+from leakseg.model.layers import ConvBN
+
+#: Max-pool subsampling of keys and values at each scale (strides 8, 16, 32).
+SUBSAMPLING = (2, 4, 8)
+
+
+class NonLocalBlock(nn.Module):
+    """Embedded-Gaussian non-local attention without 1/sqrt(d) scaling, keys max-pooled by r."""
+
+    def __init__(self, channels: int = 64, inner: int = 32, r: int = 2):
+        super().__init__()
+        self.inner = inner
+        self.g = nn.Sequential(nn.Conv2d(channels, inner, 1), nn.MaxPool2d(r))
+        self.pool = nn.MaxPool2d(r)
+        self.W = nn.Conv2d(inner, channels, 1)
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        g = self.g(x).flatten(2).transpose(1, 2)  # (B, HW/r^2, inner)
+        theta = x.flatten(2).transpose(1, 2)  # (B, HW, C)
+        phi = self.pool(x).flatten(2)  # (B, C, HW/r^2)
+        attn = torch.softmax(torch.bmm(theta, phi), dim=-1)  # logits are large: keep fp32
+        y = torch.bmm(attn, g).transpose(1, 2).reshape(b, self.inner, h, w)
+        return self.W(y) + x
+
+
+class NonLocalLayer(nn.Module):
+    """z = NonLocal(x); out = out_conv(concat(x, z))."""
+
+    def __init__(self, channels: int = 64, r: int = 2):
+        super().__init__()
+        self.nonlocal_block = NonLocalBlock(channels, channels // 2, r)
+        self.out_conv = nn.Conv2d(2 * channels, channels, 1)
+
+    def forward(self, x):
+        return self.out_conv(torch.cat([x, self.nonlocal_block(x)], dim=1))
+
+
+class TemporalCorrelation(nn.Module):
+    def __init__(self, channels: int = 32):
+        super().__init__()
+        self.nl_layers = nn.ModuleList(NonLocalLayer(2 * channels, r) for r in SUBSAMPLING)
+        self.convs = nn.ModuleList(ConvBN(2 * channels, channels, 3, padding=1) for _ in SUBSAMPLING)
+
+    def forward(self, target: List[torch.Tensor], neighbour: List[torch.Tensor]) -> List[torch.Tensor]:
+        return [
+            conv(nl(torch.cat([t, k], dim=1)))
+            for nl, conv, t, k in zip(self.nl_layers, self.convs, target, neighbour)
+        ]

@@ -1,0 +1,61 @@
+"""Shared fixtures: small real models (PVTv2-b0, a 2-layer text model) written and exported once."""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("LEAKSEG_THREADS", "2")
+
+SMALL_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
+
+
+def small_model(backbone: str = "pvt_v2_b0", seed: int = 0):
+    """A JVLGS with a small text width, randomised (BN statistics too) so outputs are not trivial."""
+    from authors_format import randomise_
+
+    from leakseg.model import TextModelConfig, build_model
+
+    model = build_model(backbone, text_dim=SMALL_TEXT["hidden_size"], text_model=TextModelConfig(**SMALL_TEXT))
+    return randomise_(model, seed)
+
+
+@pytest.fixture(scope="session")
+def authors_checkpoint(tmp_path_factory) -> Path:
+    """A b0 checkpoint in the authors' layout (``module.`` prefix, text model included)."""
+    import torch
+    from authors_format import randomise_, to_authors_state_dict
+
+    from leakseg.export.text import build_text_model
+
+    model = small_model()
+    text_model = randomise_(build_text_model(model.config.text_model), seed=1)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny_authors.pth"
+    torch.save(to_authors_state_dict(model, text_model, prefix="module."), path)
+    return path
+
+
+def _export(checkpoint: Path, out: Path, fmt: str, name: str) -> Path:
+    from leakseg.export.pipeline import ExportOptions, export_archive
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return export_archive(ExportOptions(
+            checkpoint=checkpoint, name=name, format=fmt, output_dir=out, extra_prompts=["gas plume", "vapour cloud"],
+        ))
+
+
+@pytest.fixture(scope="session")
+def onnx_archive(authors_checkpoint, tmp_path_factory) -> Path:
+    """tiny.mar: the b0 test checkpoint exported to ONNX, with two extra prompts."""
+    return _export(authors_checkpoint, tmp_path_factory.mktemp("model_store"), "onnx", "tiny")
+
+
+@pytest.fixture(scope="session")
+def torchscript_archive(authors_checkpoint, tmp_path_factory) -> Path:
+    return _export(authors_checkpoint, tmp_path_factory.mktemp("model_store_ts"), "torchscript", "tiny_ts")
