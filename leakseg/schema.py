@@ -52,7 +52,15 @@ ERROR_STATUS = {
 
 
 class _Strict(BaseModel):
+    """Request models: an unknown field is an error (a typo must not pass silently)."""
+
     model_config = ConfigDict(extra="forbid")
+
+
+class _Response(BaseModel):
+    """Response models: unknown fields are ignored, so older clients read newer servers' answers."""
+
+    model_config = ConfigDict(extra="ignore")
 
 
 class ClipOptions(_Strict):
@@ -82,33 +90,33 @@ class ClipOptions(_Strict):
     probability_size: int = Field(88, ge=8, le=352, description="Side of the square probability map.")
 
 
-class RLEMask(_Strict):
+class RLEMask(_Response):
     """COCO compressed RLE, decodable by ``pycocotools.mask.decode``. Column-major runs."""
 
     size: List[int] = Field(..., min_length=2, max_length=2, description="[height, width]")
     counts: str
 
 
-class ProbabilityMap(_Strict):
+class ProbabilityMap(_Response):
     """Sigmoid probabilities resized to size x size, scaled to 0-255, row-major uint8, base64."""
 
     size: List[int] = Field(..., min_length=2, max_length=2, description="[height, width]")
     data: str = Field(..., description="base64 of height*width uint8 values")
 
 
-class BoundingBox(_Strict):
+class BoundingBox(_Response):
     x: int = Field(..., description="left column of the box, pixels")
     y: int = Field(..., description="top row of the box, pixels")
     width: int
     height: int
 
 
-class Point(_Strict):
+class Point(_Response):
     x: float
     y: float
 
 
-class FrameResult(_Strict):
+class FrameResult(_Response):
     index: int
     leak: bool = Field(..., description="True when the frame's mask is not empty.")
     area_pixels: int
@@ -122,7 +130,7 @@ class FrameResult(_Strict):
     probability: Optional[ProbabilityMap] = None
 
 
-class ClipInfo(_Strict):
+class ClipInfo(_Response):
     frames: int
     height: int
     width: int
@@ -131,20 +139,20 @@ class ClipInfo(_Strict):
     max_leak_fraction: float = Field(..., description="Largest area_fraction over the clip's frames.")
 
 
-class ModelInfo(_Strict):
+class ModelInfo(_Response):
     name: str
     version: str
     prompts: List[str] = Field(..., description="The prompts the masks were computed with, in order.")
 
 
-class Timings(_Strict):
+class Timings(_Response):
     decode_ms: float = 0.0
     model_ms: float = 0.0
     postprocess_ms: float = 0.0
     total_ms: float = 0.0
 
 
-class ClipResult(_Strict):
+class ClipResult(_Response):
     """What ``POST /predictions/{model}`` and ``leakseg predict`` return for one clip."""
 
     schema_version: str = SCHEMA_VERSION
@@ -177,18 +185,18 @@ class ClipResult(_Strict):
         return out
 
 
-class ErrorDetail(_Strict):
+class ErrorDetail(_Response):
     code: ErrorCode
     message: str
     field: Optional[str] = Field(None, description="The request part or option the error is about.")
     request_id: Optional[str] = None
 
 
-class ErrorResponse(_Strict):
+class ErrorResponse(_Response):
     error: ErrorDetail
 
 
-class ModelDescription(_Strict):
+class ModelDescription(_Response):
     """What ``{"describe": true}`` returns: the model's prompts, limits and defaults.
 
     A 200 answer also proves that a worker has loaded the model, so clients use it as the

@@ -8,6 +8,9 @@ from leakseg.utils.rle import decode_rle, encode_rle
 
 mask_util = pytest.importorskip("pycocotools.mask")
 
+# pycocotools 2.0.x predates numpy 2's __array__(copy=...) protocol; harmless here.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
 SHAPES = [(1, 1), (1, 17), (17, 1), (7, 13), (480, 640), (2, 2), (31, 8)]
 
 

@@ -36,6 +36,7 @@ from leakseg.client.errors import (
     RETRYABLE,
     AuthError,
     ConnectionFailed,
+    ModelNotFound,
     ModelNotReady,
     ServiceError,
     ServiceUnavailable,
@@ -52,6 +53,10 @@ DEFAULT_MODEL = "jvlgs"
 
 _M = TypeVar("_M", bound=BaseModel)
 
+#: What ready() reports as False (and wait_until_ready() waits out): the service is up but
+#: the model cannot answer yet, or the service cannot be reached or is failing.
+_NOT_READY = (ServiceUnavailable, ModelNotFound, ConnectionFailed, Timeout, ServiceError)
+
 
 class LeakSegClient:
     """Client of ``POST {base_url}/predictions/{model}``; one keep-alive session, safe to share across threads.
@@ -61,8 +66,8 @@ class LeakSegClient:
     ...     print(result.leak_frames, result.masks().shape)
 
     ``base_url`` defaults to ``$LEAKSEG_URL``, then http://127.0.0.1:8080. The token is, in
-    order: ``token``, ``$LEAKSEG_TOKEN``, the "inference" key of ``key_file`` (or
-    ``$LEAKSEG_KEY_FILE``), TorchServe's ``key_file.json``; None sends no Authorization header.
+    order: ``token``, ``$LEAKSEG_TOKEN``, the "inference" key of TorchServe's ``key_file.json``
+    (``key_file`` or ``$LEAKSEG_KEY_FILE``); with none, no Authorization header is sent.
     ``timeout`` is the read timeout in seconds (a whole clip's inference must fit in it);
     ``retries`` is how many times a retryable failure is retried (so at most retries + 1 tries).
     ``pool_size`` bounds the kept-alive connections; keep it >= the concurrency you use.
@@ -188,9 +193,7 @@ class LeakSegClient:
         """
         try:
             self._post(describe_request(), retries=0, timeout=timeout)
-        except AuthError:
-            raise
-        except (ServiceUnavailable, ConnectionFailed, Timeout, ServiceError):
+        except _NOT_READY:  # AuthError and InvalidInput propagate
             return False
         return True
 
@@ -200,7 +203,7 @@ class LeakSegClient:
         while True:
             try:
                 return _parse(ModelDescription, self._post(describe_request(), retries=0))
-            except (ServiceUnavailable, ConnectionFailed, Timeout, ServiceError) as exc:
+            except _NOT_READY as exc:
                 if time.monotonic() + interval > deadline:
                     raise ModelNotReady(f"{self.url} not ready after {timeout:.0f} s; last error: {exc}") from exc
             time.sleep(interval)
@@ -231,18 +234,17 @@ class LeakSegClient:
         headers = dict(body.headers)
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
+        read_timeout = self.timeout if timeout is None else timeout
         try:
             response = self._session.post(
-                self.url, data=body.data, headers=headers,
-                timeout=(self.connect_timeout, self.timeout if timeout is None else timeout),
+                self.url, data=body.data, headers=headers, timeout=(self.connect_timeout, read_timeout)
             )
         except requests.ConnectionError as exc:
-            if _is_read_timeout(exc):
-                raise Timeout(f"no answer from {self.url} within {self.timeout} s") from exc
-            raise ConnectionFailed(self._connection_message(exc, body)) from exc
+            if not _is_read_timeout(exc):
+                raise ConnectionFailed(self._connection_message(exc, body)) from exc
+            raise Timeout(_timeout_message(self.url, read_timeout)) from exc
         except requests.Timeout as exc:
-            raise Timeout(f"no answer from {self.url} within {self.timeout} s (the server may "
-                          "still be working on it; raise timeout for long clips)") from exc
+            raise Timeout(_timeout_message(self.url, read_timeout)) from exc
         except requests.RequestException as exc:  # e.g. the answer broke off half-way
             raise ServiceError(f"broken answer from {self.url}: {exc}") from exc
         if response.status_code == 200:
@@ -250,10 +252,12 @@ class LeakSegClient:
         raise error_from_response(response.status_code, _error_body(response), request_bytes=body.size)
 
     def _connection_message(self, exc: Exception, body: RequestBody) -> str:
-        message = f"cannot reach {self.url}: {_root_cause(exc)}"
-        if body.size > TORCHSERVE_DEFAULT_MAX_REQUEST_SIZE:
+        chain = list(_causes(exc))
+        message = f"cannot reach {self.url}: {chain[-1] or type(chain[-1]).__name__}"
+        refused = any(isinstance(e, ConnectionRefusedError) for e in chain)
+        if body.size > TORCHSERVE_DEFAULT_MAX_REQUEST_SIZE and not refused:
             # TorchServe may drop the connection of an oversized upload instead of answering 413.
-            message += (f" (if the service is up: the body is {body.size / 1e6:.1f} MB, check its "
+            message += (f" (the body is {body.size / 1e6:.1f} MB: check the service's "
                         "max_request_size)")
         return message
 
@@ -336,6 +340,11 @@ def _outcome(future: "Future[ClipResult]", return_exceptions: bool) -> Union[Cli
         return exc
 
 
+def _timeout_message(url: str, seconds: float) -> str:
+    return (f"no answer from {url} within {seconds} s (the server may still be working on it; "
+            "raise timeout for long clips)")
+
+
 def _is_read_timeout(exc: BaseException) -> bool:
     """requests wraps a read timeout hit while reading the body in a ConnectionError."""
     from urllib3.exceptions import ReadTimeoutError
@@ -343,10 +352,14 @@ def _is_read_timeout(exc: BaseException) -> bool:
     return any(isinstance(arg, ReadTimeoutError) for arg in exc.args)
 
 
-def _root_cause(exc: BaseException) -> str:
-    while exc.__cause__ is not None or exc.__context__ is not None:
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
-    return str(exc) or type(exc).__name__
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it was raised from, outermost first (requests wraps urllib3 wraps OSError)."""
+    seen = set()
+    current: Optional[BaseException] = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
 
 
 __all__ = ["DEFAULT_BASE_URL", "DEFAULT_MODEL", "LeakSegClient", "read_inference_key", "resolve_token"]

@@ -90,10 +90,11 @@ class ModelNotReady(ServiceUnavailable):
     """
 
 
-class ModelNotFound(ModelNotReady):
-    """404: no model of that name is registered (wrong name, or the server is still registering it).
+class ModelNotFound(LeakSegError):
+    """404: no model of that name is registered, or the base URL is not TorchServe's inference API.
 
-    Not retried: unlike a 503 it rarely heals within the client's short backoff.
+    Not retried: TorchServe registers its startup models before it opens the inference port,
+    so waiting does not help (unless someone registers the model through the management API).
     """
 
 

@@ -23,7 +23,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -34,7 +34,7 @@ from leakseg.schema import ClipOptions, ErrorCode
 PathLike = Union[str, "os.PathLike[str]"]
 #: Anything :func:`build_request` accepts as the frames of one clip.
 Frames = Union[PathLike, np.ndarray, Image.Image, Sequence[Any]]
-Form = str  # "multipart" or "json"
+Form = Literal["multipart", "json"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 CLIP_SUFFIXES = (".npy", ".npz")
@@ -396,20 +396,18 @@ def _png_bytes(frame: np.ndarray) -> bytes:
 
 
 def _load_clip_file(clip: _ClipFile) -> np.ndarray:
-    with np.load(io.BytesIO(clip.content), allow_pickle=False) as loaded:
-        if isinstance(loaded, np.ndarray):
-            return loaded
+    loaded = np.load(io.BytesIO(clip.content), allow_pickle=False)
+    if isinstance(loaded, np.ndarray):
+        return loaded
+    with loaded:  # an .npz archive
         return _pick_npz_array(loaded, clip.filename)
 
 
 def _pick_npz_array(npz: Any, name: str) -> np.ndarray:
-    keys = list(npz.keys())
-    if len(keys) == 1:
-        return npz[keys[0]]
-    for key in ("frames", "clip"):
-        if key in keys:
-            return npz[key]
-    raise ValueError(f"{name} holds arrays {keys}; keep one, or name it 'frames'")
+    # The service takes an .npz holding exactly one array; refuse others the same way.
+    if len(npz.files) != 1:
+        raise ValueError(f"{name} holds arrays {npz.files}; the service expects exactly one")
+    return npz[npz.files[0]]
 
 
 def _decode_image(content: bytes, name: str) -> np.ndarray:

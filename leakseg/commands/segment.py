@@ -42,10 +42,12 @@ def add_arguments(parser):
     svc.add_argument("--form", choices=("multipart", "json"), default="multipart",
                      help="request encoding (default: %(default)s)")
     svc.add_argument("--timeout", type=float, default=120.0, help="read timeout in seconds (default: %(default)s)")
-    svc.add_argument("--retries", type=int, default=3, help="retries on 503 and connection errors (default: %(default)s)")
+    svc.add_argument("--retries", type=int, default=3,
+                     help="retries on 503 and connection errors (default: %(default)s)")
 
     opt = parser.add_argument_group("segmentation")
-    opt.add_argument("--prompts", nargs="+", metavar="P", help="text prompts (default: the model's)")
+    opt.add_argument("--prompts", nargs="+", metavar="P",
+                     help="text prompts (default: the model's); put FRAMES before it, or end the list with --")
     opt.add_argument("--threshold", type=float, help="probability threshold in (0, 1)")
     opt.add_argument("--opening-kernel", type=int, metavar="PX", help="opening kernel size; 0 turns it off")
     opt.add_argument("--normalization", choices=("minmax", "absolute"), help="probability normalisation")
@@ -73,7 +75,8 @@ def run(args) -> int:
     except InvalidInput as exc:
         field = f", field {exc.field}" if exc.field else ""
         status = f"HTTP {exc.status}" if exc.status else "before sending"
-        return _fail(f"invalid input [{_code(exc.code)}{field}] ({status}): {exc.message}", EXIT_SERVICE)
+        return _fail(f"invalid input [{_code(exc.code)}{field}] ({status}): {exc.message}",
+                     EXIT_SERVICE if exc.status else EXIT_USAGE)
     except LeakSegError as exc:
         return _fail(f"{type(exc).__name__}: {exc}", EXIT_SERVICE)
     except (ValueError, TypeError, OSError) as exc:  # frames the client could not read or encode
@@ -92,7 +95,8 @@ def _frames_from_args(args) -> "tuple[Any, Optional[float]]":
     given = [name for name, value in (("FRAMES", args.frames), ("--clip", args.clip), ("--video", args.video))
              if value]
     if len(given) != 1:
-        raise ValueError("give exactly one of FRAMES, --clip or --video" + (f" (got {', '.join(given)})" if given else ""))
+        got = f" (got {', '.join(given)})" if given else ""
+        raise ValueError(f"give exactly one of FRAMES, --clip or --video{got}")
     if (args.fps is not None or args.max_frames is not None) and not args.video:
         raise ValueError("--fps and --max-frames apply to --video only")
     if args.video:

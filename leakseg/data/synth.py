@@ -13,20 +13,22 @@ A clip is rendered in four layers, in "apparent temperature" units (roughly 0 = 
 3. **Radiative transfer**: the plume's optical depth ``D`` (column density times absorption) gives an opacity
    ``1 - exp(-D)``; the frame changes by ``opacity * dT`` where ``dT`` is the gas-background temperature
    difference: a per-clip signed contrast (hot or cold gas) that also depends partly on the local background,
-   floored at half its nominal size so that labelled gas is never invisible.
+   floored at 0.6 of its nominal size so that labelled gas is never invisible.
 4. **Camera**: optics blur, slow integer camera jitter, vignetting, fixed-pattern noise (column stripes, pixel
    offsets and gains), a slow offset drift, temporal noise, then either an 8-bit AGC-stretched image (white-hot
    or black-hot) or 16-bit raw counts.
 
 **The label.** ``mask = D > visibility_threshold`` (default :data:`VISIBILITY_THRESHOLD` = 0.1, i.e. where the
 gas absorbs at least ~9.5 % of the background radiance). The plume's optical depth is scaled per clip so that
-its typical peak is 3-10x the threshold, and the contrast is chosen so that at the threshold the intensity
-change is ``edge_snr`` (1.5-4, per clip) times the temporal noise; inside the mask the plume is at least half
-that far above the noise.
+its typical peak is 5-30x the threshold (an opaque core near the source), and the contrast is chosen so that
+at the threshold the intensity change is ``edge_snr`` (2-5, per clip) times the temporal noise; everywhere
+inside the mask the change is at least 0.6 of that, i.e. at least 1.2 noise sigmas (before the optics blur).
 
 Leak modes: ``"full"`` (leaking before and throughout the clip), ``"none"`` (leak-free), ``"start"`` (the leak
 begins mid-clip) and ``"stop"`` (it stops mid-clip and the remaining gas drifts off and dilutes). The scene,
 wind and noise of a seed do not depend on the mode, so ``leak="none"`` is the gas-free twin of the same seed.
+A leak that is on at frame 0 has been running for three dissipation times, so its plume is fully developed;
+after a leak stops, the gas left behind drifts on and fades below visibility within a few frames (clear_time).
 
 Output follows the authors' dataset layout: ``OUT/SCENE/images/00000.png``, ``OUT/SCENE/masks/00000.png``
 (0/255 uint8) and ``OUT/SCENE/meta.json``. Everything is drawn from ``numpy.random.default_rng``, so the same
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
@@ -49,7 +52,6 @@ LEAK_MODES = ("full", "none", "start", "stop")
 GENERATOR_VERSION = 1
 
 _MARGIN = 8  # canvas border, in pixels, that camera jitter can bring into view
-_PREROLL = 40  # frames a "full"/"stop" leak has been running before frame 0, so the plume is developed
 
 
 @dataclass
@@ -176,81 +178,122 @@ def _pipe_profile(n: int, temp: float, shade: float, tilt: float) -> np.ndarray:
 
 
 def _draw_pipe(img, sky, rng, horizontal: bool, pos: int, start: int, stop: int, radius: int, temp: float):
-    """Draw a pipe with flanges/valves on it; returns the leak-source candidates it offers."""
-    prof = _pipe_profile(2 * radius + 1, temp, rng.uniform(0.03, 0.08), rng.uniform(0.0, 0.05))
-    view = img if horizontal else img.T
-    sview = sky if horizontal else sky.T
-    lo, hi = max(pos - radius, 0), min(pos + radius + 1, view.shape[0])
-    view[lo:hi, start:stop] = prof[lo - (pos - radius):hi - (pos - radius), None]
-    sview[lo:hi, start:stop] = 0
+    """Draw a pipe with flanges (some with valves) and return them as leak sources (y, x, outward angle).
+
+    A vertical pipe is drawn as a horizontal one on the transposed views, so "across" is the image row
+    for a horizontal pipe and the image column for a vertical one.
+    """
+    view, sky_view = (img, sky) if horizontal else (img.T, sky.T)
+    n_across = view.shape[0]
+
+    def band(centre, half, profile, along0, along1):  # one cylinder section, clipped to the canvas
+        a0, a1 = max(centre - half, 0), min(centre + half + 1, n_across)
+        view[a0:a1, along0:along1] = profile[a0 - (centre - half):a1 - (centre - half), None]
+        sky_view[a0:a1, along0:along1] = 0
+
+    band(pos, radius, _pipe_profile(2 * radius + 1, temp, rng.uniform(0.03, 0.08), rng.uniform(0.0, 0.05)),
+         start, stop)
     sources = []
     for _ in range(rng.integers(1, 4)):
         along = int(rng.uniform(start + 0.1 * (stop - start), stop - 0.1 * (stop - start)))
-        width, extra = int(rng.integers(3, 7)), int(rng.integers(2, 6))
-        fprof = _pipe_profile(2 * (radius + extra) + 1, temp + rng.uniform(-0.05, 0.05), 0.05, 0.03)
-        a, b = pos - radius - extra, pos + radius + extra + 1
-        ca, cb = max(a, 0), min(b, view.shape[0])
-        view[ca:cb, along:along + width] = fprof[ca - a:cb - a, None]
-        sview[ca:cb, along:along + width] = 0
+        width, rim = int(rng.integers(3, 7)), int(rng.integers(2, 6))
+        flange = _pipe_profile(2 * (radius + rim) + 1, temp + rng.uniform(-0.05, 0.05), 0.05, 0.03)
+        band(pos, radius + rim, flange, along, along + width)
+        top = max(pos - radius - rim, 0)
         if rng.random() < 0.4:  # a valve: a stem and a handwheel seen edge-on
-            stem_top = max(a - int(rng.integers(6, 14)), 0)
-            view[stem_top:max(a, 0), along + width // 2 - 1:along + width // 2 + 1] = temp - 0.05
-            view[stem_top:stem_top + 2, along - 4:along + width + 4] = temp - 0.08
-            sview[stem_top:max(a, 0), along - 4:along + width + 4] = 0
-        side = rng.choice([-1, 1])
-        y, x = (pos + side * (radius + 1), along + width / 2)
-        normal = -math.pi / 2 if side < 0 else math.pi / 2  # image y grows downwards
-        sources.append((y, x, normal) if horizontal else (x, y, 0.0 if side > 0 else math.pi))
+            wheel = max(top - int(rng.integers(6, 14)), 0)
+            view[wheel:top, along + width // 2 - 1:along + width // 2 + 1] = temp - 0.05
+            view[wheel:wheel + 2, max(along - 4, 0):along + width + 4] = temp - 0.08
+            sky_view[wheel:top, max(along - 4, 0):along + width + 4] = 0
+        side = 1 if rng.random() < 0.5 else -1  # which side of the flange gasket leaks
+        across, mid = pos + side * (radius + 1), along + width / 2
+        if horizontal:  # image y grows downwards: side -1 leaks upwards
+            sources.append((float(across), float(mid), math.pi / 2 * side))
+        else:
+            sources.append((float(mid), float(across), 0.0 if side > 0 else math.pi))
     return sources
 
 
 def _render_scene(rng: np.random.Generator, shape: Tuple[int, int]) -> _Scene:
-    h, w = shape
-    ys = np.arange(h, dtype=np.float32)[:, None]
+    """A static plant scene on the canvas, back to front; returns it with the leak-source candidates."""
+    h = shape[0]
     horizon = 0 if rng.random() < 0.2 else int(rng.uniform(0.25, 0.65) * h)  # 20 %: close-up, no sky
-    sky_top, sky_low = rng.uniform(0.02, 0.15), rng.uniform(0.25, 0.4)
     ground = rng.uniform(0.45, 0.65)
+    img, sky = _sky_and_ground(rng, shape, horizon, ground)
+    _draw_silhouettes(rng, img, sky, horizon, ground)
+    _draw_equipment(rng, img, sky, horizon, ground)
+    sources = _draw_pipe_rack(rng, img, sky, horizon, ground)
+    return _Scene(img, sky, float(np.median(img)), sources)
+
+
+def _sky_and_ground(rng: np.random.Generator, shape, horizon: int, ground: float):
+    """Sky cold overhead and warmer towards the horizon; ground warmer towards the camera, softly patchy."""
+    h = shape[0]
+    ys = np.arange(h, dtype=np.float32)[:, None]
+    sky_top, sky_low = rng.uniform(0.02, 0.15), rng.uniform(0.25, 0.4)
     gy = np.clip(ys / max(horizon, 1), 0, 1) ** rng.uniform(1.0, 2.5)
-    img = np.broadcast_to(sky_top + (sky_low - sky_top) * gy, shape).astype(np.float32).copy()
+    depth = np.clip((ys - horizon) / max(h - horizon, 1), 0, 1)
+    texture = (rng.uniform(0.005, 0.03) * _noise(_noise_spectrum(rng, shape, 3.0), shape)
+               + 0.006 * _noise(_noise_spectrum(rng, shape, 1.5), shape))
+    img = np.where(ys >= horizon, ground + rng.uniform(0.0, 0.1) * depth + texture,
+                   sky_top + (sky_low - sky_top) * gy)
     sky = np.zeros(shape, np.float32)
     sky[:horizon] = 1
-    # Ground: warmer towards the camera (sun-heated), with patchy texture at two scales.
-    below = ys >= horizon
-    depth = np.clip((ys - horizon) / max(h - horizon, 1), 0, 1)
-    texture = rng.uniform(0.005, 0.03) * _noise(_noise_spectrum(rng, shape, 3.0), shape) + 0.006 * _noise(
-        _noise_spectrum(rng, shape, 1.5), shape)
-    img = np.where(below, ground + rng.uniform(0.0, 0.1) * depth + texture, img).astype(np.float32)
-    # Far silhouettes standing on the horizon: tanks, buildings, stacks.
+    return img.astype(np.float32), sky
+
+
+def _draw_silhouettes(rng: np.random.Generator, img, sky, horizon: int, ground: float) -> None:
+    """Far tanks, buildings and stacks standing on the horizon."""
+    w = img.shape[1]
     for _ in range(rng.integers(0, 7) if horizon else 0):
         bw = int(rng.uniform(0.03, 0.2) * w)
         bh = int(rng.uniform(0.05, 0.5) * horizon) if rng.random() < 0.8 else int(rng.uniform(0.3, 0.9) * horizon)
         if rng.random() < 0.3:
             bw = max(bw // 5, 3)  # a stack: thin and tall
-        x0 = int(rng.integers(0, w - bw))
-        top = horizon - bh
+        x0, top = int(rng.integers(0, w - bw)), horizon - bh
         temp = ground + rng.uniform(-0.15, 0.1)
-        img[top:horizon + 2, x0:x0 + bw] = _pipe_profile(bw, temp, rng.uniform(0, 0.05), 0)[None, :]
+        img[top:horizon + 2, x0:x0 + bw] = _pipe_profile(bw, temp, rng.uniform(0, 0.05), 0)
         sky[top:horizon + 2, x0:x0 + bw] = 0
-    # Foreground pipe rack: the leak sources live here.
+
+
+def _draw_equipment(rng: np.random.Generator, img, sky, horizon: int, ground: float) -> None:
+    """Foreground skids, motors and cabinets; warm or at ambient, lit from above."""
+    h, w = img.shape
+    for _ in range(rng.integers(0, 4)):
+        bh, bw = int(rng.uniform(0.08, 0.3) * h), int(rng.uniform(0.08, 0.35) * w)
+        y0, x0 = int(rng.uniform(max(horizon, 0.3 * h), h - bh)), int(rng.integers(0, w - bw))
+        temp = ground + rng.uniform(-0.1, 0.25)
+        img[y0:y0 + bh, x0:x0 + bw] = (temp + rng.uniform(-0.04, 0.04) * np.linspace(-1, 1, bh))[:, None]
+        sky[y0:y0 + bh, x0:x0 + bw] = 0
+
+
+def _draw_pipe_rack(rng: np.random.Generator, img, sky, horizon: int, ground: float):
+    """Horizontal pipes on posts and vertical risers, hot or at ambient; returns their flanges and valves."""
+    h, w = img.shape
+    scale = min(h, w) / 352  # pipe sizes are drawn for a 352-pixel view
     sources: List[Tuple[float, float, float]] = []
     for _ in range(rng.integers(1, 5)):
         horizontal = rng.random() < 0.7
         n_across, n_along = (h, w) if horizontal else (w, h)
-        radius = int(rng.integers(3, 10))
+        radius = max(int(rng.integers(3, 12) * scale), 1)
         pos = int(rng.uniform(max(0.2, horizon / h if horizontal else 0.2), 0.85) * n_across)
         start = int(rng.uniform(0, 0.3) * n_along)
         stop = n_along - int(rng.uniform(0, 0.3) * n_along)
         temp = rng.uniform(0.75, 0.95) if rng.random() < 0.5 else ground + rng.uniform(-0.1, 0.1)
+        if horizontal:  # posts down to the ground, drawn first so the pipe sits in front
+            for x in rng.integers(start, max(stop - 4, start + 1), int(rng.integers(0, 3))):
+                img[pos:, x:x + 4] = _pipe_profile(4, ground + rng.uniform(-0.08, 0.04), 0.02, 0)[None, :]
+                sky[pos:, x:x + 4] = 0
         sources += _draw_pipe(img, sky, rng, horizontal, pos, start, stop, radius, temp)
-    return _Scene(img, sky, float(np.median(img)), sources)
+    return sources
 
 
 def _clouds(rng: np.random.Generator, shape, frames: int, sky: np.ndarray) -> np.ndarray:
     """Slowly drifting warm clouds (T x H x W), only where open sky shows."""
     if not sky.any() or rng.random() < 0.3:
         return np.zeros((frames,) + shape, np.float32)
-    spec = _noise_spectrum(rng, shape, rng.uniform(2.5, 3.5))
-    cover, softness, amp = rng.uniform(-0.5, 1.0), rng.uniform(0.3, 1.0), rng.uniform(0.05, 0.25)
+    spec = _noise_spectrum(rng, shape, rng.uniform(3.5, 4.5))
+    cover, softness, amp = rng.uniform(-0.5, 1.0), rng.uniform(0.6, 1.5), rng.uniform(0.03, 0.15)
     vel = rng.uniform(-0.8, 0.8), rng.uniform(0.2, 1.2) * rng.choice([-1, 1])
     out = np.empty((frames,) + shape, np.float32)
     for t in range(frames):
@@ -271,7 +314,7 @@ def _birds(rng: np.random.Generator, shape, frames: int, horizon_rows: int) -> n
     size, heat, phase = rng.uniform(1.0, 2.5, n), rng.uniform(0.15, 0.35, n), rng.uniform(0, 6.3, n)
     for t in range(frames):
         flap = 1 + 0.6 * np.sin(1.7 * t + phase)  # wings: wide, then narrow
-        peak = 2 * math.pi * size * size * heat  # unit-height blobs
+        peak = 2 * math.pi * size * size * heat  # mass for a blob about `heat` high (normalised Gaussians)
         out[t] = _render_gaussians(y0 + vy * t, (x0 + vx * t) % shape[1], size * 0.7, size * flap, peak, shape)
     return out
 
@@ -280,77 +323,92 @@ def _birds(rng: np.random.Generator, shape, frames: int, horizon_rows: int) -> n
 
 
 def _emission_window(rng: np.random.Generator, leak: str, frames: int) -> Tuple[Optional[int], Optional[int]]:
-    """(first, stop) frame of emission; None = before the clip / after it. (None, None) means no leak."""
+    """(first, stop) frame of emission, None meaning "before the clip" / "after it". None for a leak-free clip."""
     start = int(rng.integers(frames // 4, max(3 * frames // 4, frames // 4 + 1)))
     stop = int(rng.integers(max(frames // 5, 1), max(frames // 2, frames // 5 + 2)))
-    return {"full": (-_PREROLL, None), "none": (None, None), "start": (start, None), "stop": (-_PREROLL, stop)}[leak]
+    return {"full": (None, None), "none": None, "start": (start, None), "stop": (None, stop)}[leak]
 
 
 def _sample_plume(rng: np.random.Generator, scene: _Scene, canvas, crop) -> Dict[str, float]:
     """Per-clip plume physics. Sources well inside the visible crop are preferred, so the gas is seen."""
     (h, w), (ch, cw) = canvas, crop
-    inside = [s for s in scene.sources
-              if 0.15 * ch + _MARGIN < s[0] < 0.85 * ch + _MARGIN and 0.15 * cw + _MARGIN < s[1] < 0.85 * cw + _MARGIN]
+    inside = [(y, x, a) for y, x, a in scene.sources
+              if 0.15 * ch < y - _MARGIN < 0.85 * ch and 0.15 * cw < x - _MARGIN < 0.85 * cw]
     pool = inside or scene.sources or [(h / 2, w / 2, -math.pi / 2)]
     sy, sx, normal = pool[int(rng.integers(len(pool)))]
     # Lengths and speeds are drawn for a 352-pixel view of a leak at a typical distance, then scaled:
     # "zoom" is how close the camera is (a close leak is big and crosses the view fast).
-    zoom = math.exp(rng.uniform(math.log(0.8), math.log(2.5))) * min(ch, cw) / 352
+    zoom = math.exp(rng.uniform(math.log(1.0), math.log(3.5))) * min(ch, cw) / 352
     wind_dir = rng.uniform(0, 2 * math.pi)
     wind = rng.uniform(0.3, 2.0) * zoom
+    dissipation = rng.uniform(15, 50)  # frames for the gas to mix below visibility, dilution aside
     return dict(
         source_y=float(sy), source_x=float(sx), zoom=zoom,
         jet_angle=float(normal + rng.normal(0, 0.6)), jet_speed=rng.uniform(0.5, 4.0) * zoom,
         jet_decay=rng.uniform(2, 8),
         wind_x=wind * math.cos(wind_dir), wind_y=0.3 * wind * math.sin(wind_dir),  # mostly horizontal in view
         gust=rng.uniform(0.1, 0.5), rise=rng.uniform(-0.3, 1.2) * zoom, rise_time=rng.uniform(3, 12),
-        turbulence=rng.uniform(0.2, 0.6) * zoom, sigma0=rng.uniform(2.0, 4.0) * zoom,
-        diffusivity=rng.uniform(2.0, 8.0) * zoom**2, dissipation=rng.uniform(20, 80), puffing=rng.uniform(0.0, 1.0),
-        warp=rng.uniform(1.5, 5.0) * zoom, wisp=rng.uniform(0.3, 0.8), wisp_beta=rng.uniform(2.2, 3.2),
-        boil=rng.uniform(0.05, 0.2), strength=math.exp(rng.uniform(math.log(5), math.log(40))),
+        turbulence=rng.uniform(0.2, 0.6) * zoom, sigma0=max(rng.uniform(2.0, 4.0) * zoom, 1.0),
+        diffusivity=rng.uniform(0.5, 2.0) * (wind + 0.5 * zoom) * zoom,  # a cone, not a ball
+        dissipation=dissipation, preroll=min(3 * dissipation, 150), puffing=rng.uniform(0.0, 1.0),
+        warp=rng.uniform(1.5, 5.0) * zoom, wisp=rng.uniform(0.3, 0.7), wisp_beta=rng.uniform(2.8, 3.6),
+        boil=rng.uniform(0.05, 0.2), clear_time=rng.uniform(1.5, 4),
+        strength=math.exp(rng.uniform(math.log(5), math.log(30))),
     )
 
 
 def _puff_tracks(rng: np.random.Generator, p: Dict[str, float], window, frames: int):
-    """Integrate puffs on sub-steps; returns one (cy, cx, sigma, mass) tuple of arrays per output frame."""
+    """Integrate puffs on sub-steps; returns one (cy, cx, sigma, mass) tuple of arrays per output frame.
+
+    A leak that is on at frame 0 has been running for ``preroll`` frames (three dissipation times), so the
+    plume reaches its steady length instead of ending in the front of the first puff.
+    """
+    empty = np.zeros(0)
+    if window is None:  # leak-free: nothing is ever emitted
+        return [(empty, empty, empty, empty)] * frames
     first, stop = window
     n_sub = int(np.clip(math.ceil(1.5 * (abs(p["wind_x"]) + p["jet_speed"]) / p["sigma0"]), 2, 8))
-    t0 = -_PREROLL
+    t0 = -int(p["preroll"])
     steps = (frames - 1 - t0) * n_sub  # the last snapshot is at time frames - 1
-    gusts = _ar1(rng, frames - t0, 0.9, p["gust"] * math.hypot(p["wind_x"], p["wind_y"]) + 0.05, 2)
+    speed = math.hypot(p["wind_x"], p["wind_y"])
+    gusts = _ar1(rng, frames - t0, 0.9, p["gust"] * speed + 0.05, 2)
     # Puffing: a smooth random rate; high "puffing" makes emission bursty (log-normal with a big variance).
     rate = np.exp(2.0 * p["puffing"] * _ar1(rng, frames - t0, 0.8, 1.0)[:, 0])
-    turb = rng.standard_normal((steps, 2)) * p["turbulence"]
     jet = np.array([math.sin(p["jet_angle"]), math.cos(p["jet_angle"])]) * p["jet_speed"]
-    pos = np.zeros((0, 2))
-    vel_t = np.zeros((0, 2))  # each puff's own turbulent velocity (AR(1) across sub-steps)
-    born = np.zeros(0)
-    mass = np.zeros(0)
+    source = np.array([p["source_y"], p["source_x"]])
+    pos = np.zeros((steps, 2))
+    vel_t = np.zeros((steps, 2))  # each puff's own turbulent velocity, AR(1) across sub-steps
+    born = np.zeros(steps)
+    mass = np.zeros(steps)
+    n = 0
     dt = 1.0 / n_sub
-    if first is None:  # leak-free: nothing is ever emitted
-        return [(born, born, born, mass)] * frames
     out = []
     for step in range(steps):
         t = t0 + step * dt
         f = step // n_sub  # whole frames since t0: indexes the per-frame gusts and rate
-        if t >= first and (stop is None or t < stop):
-            pos = np.vstack([pos, [p["source_y"], p["source_x"]]])
-            vel_t = np.vstack([vel_t, [0.0, 0.0]])
-            born = np.append(born, t)
-            mass = np.append(mass, rate[f] * dt)
-        age = t - born
-        vel_t = 0.9 * vel_t + turb[step] * math.sqrt(1 - 0.81)
-        wind = np.array([p["wind_y"], p["wind_x"]]) + gusts[f]
-        rise = -p["rise"] * (1 - np.exp(-age / p["rise_time"]))  # buoyancy: negative y is up
-        v = wind + jet * np.exp(-age / p["jet_decay"])[:, None] + vel_t
-        v[:, 0] += rise
-        pos = pos + v * dt
+        # Emission over (first - 1, stop - 1]: frame `first` is the first to show gas, `stop` the first without.
+        if (first is None or t >= first - 1) and (stop is None or t < stop - 1):
+            pos[n], born[n], mass[n] = source, t, rate[f] * dt
+            n += 1
+        age = t - born[:n]
+        vel_t[:n] = 0.9 * vel_t[:n] + rng.standard_normal((n, 2)) * (p["turbulence"] * math.sqrt(1 - 0.81))
+        v = gusts[f] + np.array([p["wind_y"], p["wind_x"]]) + jet * np.exp(-age / p["jet_decay"])[:, None]
+        v[:, 0] -= p["rise"] * (1 - np.exp(-age / p["rise_time"]))  # buoyancy: negative y is up
+        pos[:n] += (v + vel_t[:n]) * dt
         now = t0 + (step + 1) // n_sub
         if (step + 1) % n_sub == 0 and now >= 0:  # a snapshot at each whole frame time
-            age = now - born
-            sigma = np.sqrt(p["sigma0"] ** 2 + p["diffusivity"] * age)
-            out.append((pos[:, 0].copy(), pos[:, 1].copy(), sigma, mass * np.exp(-age / p["dissipation"])))
+            fade = math.exp(-max(now - stop, 0) / p["clear_time"]) if stop is not None else 1.0
+            out.append(_thinned(pos[:n], now - born[:n], mass[:n] * fade, p, (speed + p["turbulence"]) * dt))
     return out
+
+
+def _thinned(pos, age, mass, p, spacing):
+    """Puffs at frame time, old wide puffs thinned: where sigma >> spacing, every k-th puff with k-fold mass."""
+    sigma = np.sqrt(p["sigma0"] ** 2 + p["diffusivity"] * age)
+    stride = 2 ** np.clip(np.floor(np.log2(sigma / (2 * spacing + 1e-6))), 0, 4).astype(np.int64)
+    keep = np.arange(len(age)) % stride == 0
+    m = mass * np.exp(-age / p["dissipation"]) * stride
+    return pos[keep, 0].copy(), pos[keep, 1].copy(), sigma[keep], m[keep]
 
 
 def _plume_density(rng: np.random.Generator, p: Dict[str, float], window, frames: int, canvas) -> np.ndarray:
@@ -389,10 +447,45 @@ def _jitter(rng: np.random.Generator, frames: int) -> np.ndarray:
     return np.clip(np.rint(walk), -_MARGIN, _MARGIN).astype(np.intp)
 
 
-def _output_map(rng: np.random.Generator, bit_depth: int, ref: np.ndarray) -> Dict:
-    """Apparent temperature -> sensor units (offset + gain * x): 8-bit AGC in either palette, or 16-bit raw."""
+class _Camera:
+    """Optics, shake and the sensor's fixed patterns; temporal noise and quantisation come after."""
+
+    def __init__(self, rng: np.random.Generator, frames: int, height: int, width: int, noise_sigma: float):
+        self.size = (height, width)
+        self.psf = rng.uniform(0.5, 1.1)
+        self.shifts = _jitter(rng, frames)
+        self.drift = _ar1(rng, frames, 0.95, rng.uniform(0, 0.5) * noise_sigma)[:, 0]  # slow offset drift
+        yy, xx = np.mgrid[0:height, 0:width]
+        r2 = ((yy - height / 2) / height) ** 2 + ((xx - width / 2) / width) ** 2
+        self.vignette = 1 - rng.uniform(0, 0.16) * r2
+        # Fixed-pattern noise belongs to the sensor, so it does not move with the shake.
+        self.fpn = (rng.standard_normal(width)[None, :] * rng.uniform(0.2, 1.0)
+                    + rng.standard_normal((height, width)) * 0.3) * noise_sigma
+        self.pixel_gain = 1 + rng.standard_normal((height, width)) * 0.005
+
+    def crop(self, canvas_stack: np.ndarray) -> np.ndarray:
+        """The part of each canvas frame the shaken camera sees."""
+        h, w = self.size
+        return np.stack([canvas_stack[t, _MARGIN + dy:_MARGIN + dy + h, _MARGIN + dx:_MARGIN + dx + w]
+                         for t, (dy, dx) in enumerate(self.shifts)])
+
+    def __call__(self, scene_stack: np.ndarray) -> np.ndarray:
+        seen = self.crop(blur(scene_stack, self.psf))
+        return (seen * self.vignette * self.pixel_gain + self.fpn + self.drift[:, None, None]).astype(np.float32)
+
+    def meta(self) -> Dict:
+        return {"psf_sigma": float(self.psf), "jitter": self.shifts.tolist()}
+
+
+def _output_map(rng: np.random.Generator, bit_depth: int, ref: np.ndarray, gas: np.ndarray) -> Dict:
+    """Apparent temperature -> sensor units (offset + gain * x): 8-bit AGC in either palette, or 16-bit raw.
+
+    The AGC range is the background's, widened by the gas contrast so that gas does not saturate; it does
+    not depend on whether gas is present, so a leak-free clip and its leaking twin share one mapping.
+    """
     if bit_depth == 8:
         lo, hi = np.percentile(ref, [0.5, 99.5])
+        lo, hi = lo + min(float(gas.min()), 0.0), hi + max(float(gas.max()), 0.0)
         gain = 224.0 / max(hi - lo, 1e-3)
         if rng.random() < 0.25:  # black-hot palette
             return {"polarity": "black-hot", "offset": float(240.0 + gain * lo), "gain": float(-gain)}
@@ -427,64 +520,65 @@ def simulate_clip(
     scene = _render_scene(r_scene, canvas)
     horizon_rows = int(scene.sky.any(axis=1).sum())
     moving = _clouds(r_scene, canvas, frames, scene.sky) + _birds(r_scene, canvas, frames, horizon_rows)
-
     p = _sample_plume(r_plume, scene, canvas, (height, width))
     window = _emission_window(r_time, leak, frames)
-    raw = _plume_density(r_plume, p, window, frames, canvas)
-    active = raw.reshape(frames, -1).max(axis=1)
-    ref = np.median(active[active > 0]) if (active > 0).any() else 1.0
-    density = raw * np.float32(p["strength"] * visibility_threshold / ref)
+    density = _scaled_density(_plume_density(r_plume, p, window, frames, canvas), window, p, visibility_threshold)
 
-    # Contrast: signed gas-minus-background temperature, partly following the local background, floored.
     noise_sigma = r_cam.uniform(0.004, 0.012)
-    edge_snr = r_cam.uniform(1.2, 3.0)
-    sign = 1.0 if r_cam.random() < 0.5 else -1.0
-    delta = sign * edge_snr * noise_sigma / (1 - math.exp(-visibility_threshold))
-    coupling = r_cam.uniform(0.0, 0.6)
-    dtemp = delta - coupling * (scene.image - scene.ground_level)
-    dtemp = sign * np.maximum(sign * dtemp, 0.6 * abs(delta)).astype(np.float32)
-
-    psf = r_cam.uniform(0.5, 1.1)
-    shifts = _jitter(r_cam, frames)
-    drift = _ar1(r_cam, frames, 0.95, r_cam.uniform(0, 0.5) * noise_sigma)[:, 0]
-    yy, xx = np.mgrid[0:height, 0:width]
-    vignette = 1 - r_cam.uniform(0, 0.08) * (((yy - height / 2) / height) ** 2 + ((xx - width / 2) / width) ** 2) * 2
-    fpn = (r_cam.standard_normal(width)[None, :] * r_cam.uniform(0.2, 1.0)
-           + r_cam.standard_normal((height, width)) * 0.3) * noise_sigma
-    pixel_gain = 1 + r_cam.standard_normal((height, width)) * 0.005
-
-    def camera(x: np.ndarray) -> np.ndarray:
-        x = blur(x, psf)
-        crops = [x[t, _MARGIN + dy:_MARGIN + dy + height, _MARGIN + dx:_MARGIN + dx + width]
-                 for t, (dy, dx) in enumerate(shifts)]
-        return (np.stack(crops) * vignette * pixel_gain + fpn + drift[:, None, None]).astype(np.float32)
-
+    dtemp, contrast_meta = _gas_contrast(r_cam, scene, noise_sigma, visibility_threshold)
+    camera = _Camera(r_cam, frames, height, width, noise_sigma)
     bg_scene = scene.image[None] + moving
     clean = camera(bg_scene)
     gassy = camera(bg_scene + dtemp * (1 - np.exp(-density)))
     temporal = r_cam.standard_normal(gassy.shape).astype(np.float32) * noise_sigma
-    cam_meta = _output_map(r_cam, bit_depth, clean[0])
-    out = cam_meta["offset"] + cam_meta["gain"] * (gassy + temporal)
-    background = (cam_meta["offset"] + cam_meta["gain"] * clean).astype(np.float32)
+    out_map = _output_map(r_cam, bit_depth, clean[0], dtemp)
+    out = out_map["offset"] + out_map["gain"] * (gassy + temporal)
     dtype, top = (np.uint8, 255) if bit_depth == 8 else (np.uint16, 65535)
-    frames_out = np.clip(np.rint(out), 0, top).astype(dtype)
 
-    dens_img = np.stack([density[t, _MARGIN + dy:_MARGIN + dy + height, _MARGIN + dx:_MARGIN + dx + width]
-                         for t, (dy, dx) in enumerate(shifts)])
-    masks = dens_img > visibility_threshold
+    density = camera.crop(density)  # the label moves with the shaken view, but is not blurred
+    masks = density > visibility_threshold
     meta = {
         "generator": "leakseg.data.synth", "version": GENERATOR_VERSION, "seed": int(seed),
         "frames": frames, "height": height, "width": width, "bit_depth": bit_depth, "leak": leak,
         "visibility_threshold": visibility_threshold,
-        "emission": {"first_frame": window[0], "stop_frame": window[1]},
+        "emission": {"first_frame": window[0], "stop_frame": window[1]} if window else None,
         "leak_frames": [int(t) for t in np.flatnonzero(masks.any(axis=(1, 2)))],
         "source_xy": [p["source_x"] - _MARGIN, p["source_y"] - _MARGIN],
         "plume": {k: float(v) for k, v in p.items()},
-        "camera": {"noise_sigma_K": float(noise_sigma), "edge_snr": float(edge_snr), "gas_contrast": float(delta),
-                   "contrast_coupling": float(coupling), "psf_sigma": float(psf), **cam_meta,
-                   "jitter": shifts.tolist()},
+        "camera": {"noise_sigma": float(noise_sigma), **contrast_meta, **camera.meta(), **out_map},
     }
-    return SynthClip(frames_out, masks, dens_img.astype(np.float32), background, meta)
+    return SynthClip(
+        frames=np.clip(np.rint(out), 0, top).astype(dtype),
+        masks=masks,
+        density=density.astype(np.float32),
+        background=(out_map["offset"] + out_map["gain"] * clean).astype(np.float32),
+        meta=meta,
+    )
+
+
+def _scaled_density(raw: np.ndarray, window, p: Dict[str, float], threshold: float) -> np.ndarray:
+    """Scale the optical depth so that the typical peak while the leak is on is `strength` x the threshold."""
+    peaks = raw.reshape(len(raw), -1).max(axis=1)
+    on = peaks[slice(window[0] or 0, window[1])] if window else peaks[:0]
+    ref = np.median(on) if on.size and on.max() > 0 else 1.0
+    return raw * np.float32(p["strength"] * threshold / ref)
+
+
+def _gas_contrast(rng: np.random.Generator, scene: _Scene, noise_sigma: float, threshold: float):
+    """Signed gas-minus-background temperature per pixel (canvas), and its parameters.
+
+    Nominally ``delta``, sized so that gas at the threshold changes the frame by ``edge_snr`` noise sigmas;
+    it follows the local background with ``coupling`` (hot gas shows less against a hot pipe), but never
+    falls below 0.6 of ``delta`` nor flips sign, so labelled gas always shows.
+    """
+    edge_snr = rng.uniform(2.0, 5.0)
+    sign = 1.0 if rng.random() < 0.5 else -1.0
+    delta = sign * edge_snr * noise_sigma / (1 - math.exp(-threshold))
+    coupling = rng.uniform(0.0, 0.6)
+    dtemp = delta - coupling * (scene.image - scene.ground_level)
+    dtemp = sign * np.maximum(sign * dtemp, 0.6 * abs(delta))
+    meta = {"edge_snr": float(edge_snr), "gas_contrast": float(delta), "contrast_coupling": float(coupling)}
+    return dtemp.astype(np.float32), meta
 
 
 def generate_clip(
@@ -496,7 +590,11 @@ def generate_clip(
     bit_depth: int = 8,
     visibility_threshold: float = VISIBILITY_THRESHOLD,
 ) -> Tuple[np.ndarray, np.ndarray, Dict]:
-    """(frames T x H x W uint8/uint16, masks T x H x W bool, meta) for one clip; see :func:`simulate_clip`."""
+    """(frames T x H x W uint8/uint16, masks T x H x W bool, meta) for one clip.
+
+    :func:`simulate_clip` takes the same arguments and also returns the gas density and the gas-free,
+    noise-free background.
+    """
     clip = simulate_clip(seed, frames, height, width, leak, bit_depth, visibility_threshold)
     return clip.frames, clip.masks, clip.meta
 
@@ -511,7 +609,10 @@ def write_clip(scene_dir: Union[str, Path], frames: np.ndarray, masks: np.ndarra
     for t, (frame, mask) in enumerate(zip(frames, masks)):
         Image.fromarray(frame).save(scene_dir / "images" / f"{t:05d}.png")
         Image.fromarray(mask.astype(np.uint8) * 255).save(scene_dir / "masks" / f"{t:05d}.png")
-    (scene_dir / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    text = json.dumps(meta, indent=1, sort_keys=True)
+    # Keep lists of numbers (leak frames, jitter) on one line each, for a readable file.
+    text = re.sub(r"\[\s+([-0-9.e,\s]+?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
+    (scene_dir / "meta.json").write_text(text + "\n")
     return scene_dir
 
 

@@ -1,0 +1,77 @@
+"""Train or fine-tune JVLGS on labelled clips in the authors' layout (SCENE/images, SCENE/masks).
+
+As published: triplets (t, t+1, t+2), loss wBCE + wIoU with w = 1 + 5|avgpool31(m) - m| on the fused
+logits, Adam lr 1e-4 (x0.1 for the last 20% of epochs, or of --max-minutes), batch 6, gradient
+clipping by value 0.5, flip / rotation (+-15 deg, p=0.2) / brightness-contrast-sharpness jitter
+applied identically to the three frames of a triplet.
+
+Start: --init an authors' .pth (its OWLv2 text model is frozen and only used to embed the prompts
+once), --init a native checkpoint folder (its prompt embeddings are kept), or no --init: scratch
+(--backbone, random init, fixed seeded prompt embeddings that are NOT OWLv2's; see the config's
+prompt_bank_note). The text path is never trained.
+
+Writes OUT/last and, with --val, OUT/best (native checkpoints, export with `leakseg export
+--checkpoint OUT/best`), and OUT/train_log.json (per-step losses, per-epoch validation).
+
+examples:
+  leakseg train data/igs-few --init IGS-Few_best.pth --few-shot 30 --val data/val --out runs/ft
+  leakseg train /tmp/synth --backbone pvt_v2_b0 --size 176 --max-minutes 25 --val /tmp/val --out runs/b0
+"""
+
+from pathlib import Path
+
+
+def _positive(kind):
+    def parse(text):
+        value = kind(text)
+        if value <= 0:
+            import argparse
+
+            raise argparse.ArgumentTypeError(f"{text} must be positive")
+        return value
+    return parse
+
+
+def add_arguments(parser):
+    parser.add_argument("data", metavar="DATA", help="training folder: SCENE/images/*, SCENE/masks/*")
+    parser.add_argument("--out", required=True, type=Path, help="output folder (OUT/best, OUT/last)")
+    parser.add_argument("--init", metavar="CHECKPOINT",
+                        help="authors' .pth or native checkpoint folder; omit to train from scratch")
+    parser.add_argument("--backbone", default="pvt_v2_b0",
+                        help="PVTv2 variant for scratch training (default pvt_v2_b0); ignored with --init")
+    parser.add_argument("--val", metavar="DIR", help="validation folder, evaluated after every epoch")
+    parser.add_argument("--epochs", type=_positive(int), default=60, help="epochs (default 60, SimGas; IGS-Few used 150)")
+    parser.add_argument("--batch-size", type=_positive(int), default=6, help="triplets per step (default 6)")
+    parser.add_argument("--lr", type=_positive(float), default=1e-4, help="Adam learning rate (default 1e-4)")
+    parser.add_argument("--size", type=_positive(int), default=352,
+                        help="training resolution (default 352); the saved config keeps input_size 352")
+    parser.add_argument("--few-shot", type=_positive(int), metavar="N",
+                        help="at most N labelled frames per video, spread evenly (the IGS-Few setting: 30)")
+    parser.add_argument("--max-minutes", type=_positive(float), metavar="M",
+                        help="wall-clock budget; training stops cleanly and saves when it is spent")
+    parser.add_argument("--max-steps", type=_positive(int), metavar="N", help="stop after N optimiser steps")
+    parser.add_argument("--no-augment", action="store_true", help="no augmentation")
+    parser.add_argument("--seed", type=int, default=0, help="seed for init, shuffling and augmentation")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args):
+    from leakseg.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        data=str(args.data), out=str(args.out), init=args.init, backbone=args.backbone, val=args.val,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, size=args.size, few_shot=args.few_shot,
+        max_minutes=args.max_minutes, max_steps=args.max_steps, seed=args.seed, augment=not args.no_augment,
+        device=args.device, progress=not args.no_progress,
+    )
+    result = train(cfg)
+    losses = result.epoch_losses
+    print(f"{result.steps} steps, {result.epochs:.2f} epochs in {result.seconds / 60:.1f} min ({result.stopped}); "
+          f"epoch loss {losses[0]:.4f} -> {losses[-1]:.4f}" if losses else "no steps run")
+    if result.val:
+        from leakseg.metrics import format_table
+
+        print("last validation:\n" + format_table(result.val[-1]))
+    print(f"checkpoints in {args.out}")
+    return 0

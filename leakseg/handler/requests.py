@@ -1,0 +1,299 @@
+"""From what TorchServe hands the handler to a checked request: parts -> frames, prompts, options.
+
+How TorchServe 0.12 presents one HTTP request to ``handle(data, context)`` (read from the
+frontend's ``InferenceRequestHandler.parseRequest`` and ``ts/protocol/otf_message_handler.py``):
+
+* ``data[i]`` is a dict, name -> value, built from the request's "parameters":
+  - multipart/form-data (and application/x-www-form-urlencoded): one entry per form field,
+    named as the field. File parts keep their own Content-Type and are decoded by it: an
+    ``application/json`` part arrives as the parsed JSON (raw bytes if it does not parse), a
+    ``text/*`` part as ``str``, anything else as ``bytearray``. Plain fields (no filename)
+    have no content type and arrive as ``bytearray``;
+  - any other body: one entry ``"body"``, decoded by the request's mime type the same way
+    (``application/json`` -> the parsed JSON, or the raw bytes when it is malformed);
+  - query-string parameters become entries too (``?a=b`` -> ``"a": "b"``);
+  - a repeated name keeps only its last value (the entries go through ``dict.update``).
+* the request's HTTP headers (as the client spelled their names) are read with
+  ``context.get_request_header(i, name)``; ``context.get_all_request_header(i)`` mixes them
+  with one ``{"content-type": ...}`` dict per parameter, so :func:`content_type` looks the
+  header up case-insensitively among the string values only.
+
+Everything here is pure (no TorchServe, no model), so it is unit-tested directly.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import re
+import zipfile
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, List, Mapping, Optional, Tuple
+
+import numpy as np
+from PIL import Image
+
+from leakseg.errors import InputError
+from leakseg.frames import SUPPORTED_DTYPES, decode_clip_array, decode_image
+from leakseg.manifest import ClipLimits
+from leakseg.schema import ErrorCode
+
+MULTIPART = "multipart/form-data"
+JSON = "application/json"
+URLENCODED = "application/x-www-form-urlencoded"
+#: Multipart part names: frame_NNNN (clip order = the number), clip, prompts, options.
+FRAME_PART = re.compile(r"frame_(\d{1,6})")
+JSON_FIELDS = ("frames", "prompts", "options", "describe")
+HOW_TO_SEND = (
+    "send multipart/form-data (parts frame_0000, frame_0001, ... or one part clip; optional parts "
+    "prompts and options) or application/json ({\"frames\": [base64, ...], \"prompts\": [...], "
+    "\"options\": {...}})"
+)
+
+
+@dataclass
+class ClipRequest:
+    """One parsed request: encoded frames (not decoded yet), prompts and options as sent."""
+
+    images: List[Tuple[str, bytes]] = field(default_factory=list)  # (part name, image file) in clip order
+    clip: Optional[bytes] = None  # one .npy/.npz holding the whole clip
+    prompts: Any = None  # None: the model's default prompts
+    options: Any = None  # None: the archive's default options
+    describe: bool = False
+
+
+# --- headers --------------------------------------------------------------------------------
+
+
+def content_type(headers: Mapping[str, Any]) -> str:
+    """The request's mime type, lower case, without parameters ('' when absent)."""
+    for name, value in headers.items():
+        if isinstance(value, str) and name.lower() == "content-type":
+            return value.split(";", 1)[0].strip().lower()
+    return ""
+
+
+# --- parsing --------------------------------------------------------------------------------
+
+
+def parse_request(parts: Mapping[str, Any], mime: str) -> ClipRequest:
+    """Dispatch on the Content-Type; raises InputError for anything but the two request forms."""
+    if mime == MULTIPART:
+        return parse_multipart(parts)
+    if mime == JSON:
+        return parse_json(parts)
+    if mime == URLENCODED:
+        raise InputError(
+            ErrorCode.UNSUPPORTED_CONTENT_TYPE,
+            f"Content-Type {URLENCODED} is not supported (curl -d sends it by default: use curl -F for "
+            f"multipart, or add -H 'Content-Type: application/json'); {HOW_TO_SEND}", "Content-Type")
+    shown = mime or "(none)"
+    raise InputError(ErrorCode.UNSUPPORTED_CONTENT_TYPE, f"Content-Type {shown} is not supported; {HOW_TO_SEND}",
+                     "Content-Type")
+
+
+def parse_multipart(parts: Mapping[str, Any]) -> ClipRequest:
+    request, frames = ClipRequest(), []
+    for name, value in parts.items():
+        match = FRAME_PART.fullmatch(name)
+        if match:
+            frames.append((int(match.group(1)), name, value))
+        elif name == "clip":
+            request.clip = _file_bytes(value, name)
+        elif name == "prompts":
+            request.prompts = _json_part(value, name, ErrorCode.INVALID_BODY)
+        elif name == "options":
+            request.options = _json_part(value, name, ErrorCode.INVALID_OPTIONS)
+        else:
+            raise InputError(
+                ErrorCode.INVALID_BODY,
+                f"unexpected part or query parameter {name!r}; the parts are frame_NNNN (e.g. frame_0000), "
+                "clip, prompts and options", name)
+    if request.clip is not None and frames:
+        raise InputError(ErrorCode.INVALID_BODY,
+                         "send either frame_NNNN parts or one clip part, not both", "clip")
+    request.images = _ordered_frames(frames)
+    return request
+
+
+def _ordered_frames(frames: List[Tuple[int, str, Any]]) -> List[Tuple[str, bytes]]:
+    """Frames sorted by their number; two names with one number (frame_1, frame_01) are ambiguous."""
+    frames.sort(key=lambda f: f[0])
+    for (a, name_a, _), (b, name_b, _) in zip(frames, frames[1:]):
+        if a == b:
+            raise InputError(ErrorCode.INVALID_BODY,
+                             f"parts {name_a} and {name_b} have the same frame number {a}", name_b)
+    return [(name, _file_bytes(value, name)) for _, name, value in frames]
+
+
+def parse_json(parts: Mapping[str, Any]) -> ClipRequest:
+    extra = sorted(set(parts) - {"body"})
+    if extra:
+        raise InputError(ErrorCode.INVALID_BODY,
+                         f"unexpected query parameter(s) {extra}; a JSON request carries everything in its body",
+                         extra[0])
+    body = parts.get("body", b"")
+    if isinstance(body, (bytes, bytearray, memoryview)):  # TorchServe could not parse it (or was told not to)
+        body = _json_text(body, "body", ErrorCode.INVALID_BODY)
+    if not isinstance(body, dict):
+        raise InputError(ErrorCode.INVALID_BODY,
+                         f"the JSON body must be an object, not {_json_type(body)}; {HOW_TO_SEND}", "body")
+    unknown = [k for k in body if k not in JSON_FIELDS]
+    if unknown:
+        raise InputError(ErrorCode.INVALID_BODY,
+                         f"unknown field(s) {unknown}; the fields are {', '.join(JSON_FIELDS)}", unknown[0])
+    describe = body.get("describe", False)
+    if not isinstance(describe, bool):
+        raise InputError(ErrorCode.INVALID_BODY, "describe must be true or false", "describe")
+    if describe:
+        others = [k for k in body if k != "describe"]
+        if others:
+            raise InputError(ErrorCode.INVALID_BODY, f"a describe request takes no other fields, got {others}",
+                             others[0])
+        return ClipRequest(describe=True)
+    return ClipRequest(images=_base64_frames(body.get("frames", [])),
+                       prompts=body.get("prompts"), options=body.get("options"))
+
+
+def _base64_frames(frames: Any) -> List[Tuple[str, bytes]]:
+    if not isinstance(frames, list) or not all(isinstance(f, str) for f in frames):
+        raise InputError(ErrorCode.INVALID_BODY, "frames must be a list of base64-encoded image files", "frames")
+    decoded = []
+    for i, text in enumerate(frames):
+        name = f"frames[{i}]"
+        try:
+            decoded.append((name, base64.b64decode(text, validate=True)))
+        except (binascii.Error, ValueError) as exc:
+            raise InputError(ErrorCode.FRAME_DECODE_ERROR, f"{name} is not valid base64 ({exc})", name) from exc
+    return decoded
+
+
+def _file_bytes(value: Any, name: str) -> bytes:
+    """A file part's bytes, however TorchServe typed it."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, str):  # a text/* part TorchServe decoded as UTF-8: encoding it back is lossless
+        return value.encode("utf-8")
+    raise InputError(ErrorCode.FRAME_DECODE_ERROR,
+                     f"{name} was sent as JSON ({_json_type(value)}), not as an image or .npy/.npz file", name)
+
+
+def _json_part(value: Any, name: str, code: ErrorCode) -> Any:
+    """prompts/options: JSON text (plain field or text/* part), or what TorchServe parsed (application/json part)."""
+    if isinstance(value, (bytes, bytearray, memoryview, str)):
+        return _json_text(value, name, code)
+    return value
+
+
+def _json_text(value: Any, name: str, code: ErrorCode) -> Any:
+    text = value if isinstance(value, str) else bytes(value)
+    if not text.strip():
+        raise InputError(code, f"{name} is empty; expected JSON", name)
+    try:
+        return json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(code, f"{name} is not valid JSON ({exc})", name) from exc
+
+
+def _json_type(value: Any) -> str:
+    names = {list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number",
+             type(None): "null", dict: "an object"}
+    return names.get(type(value), type(value).__name__)
+
+
+# --- decoding -------------------------------------------------------------------------------
+
+
+def decode_frames(request: ClipRequest, limits: ClipLimits, pool: Optional[Executor] = None,
+                  ) -> Tuple[List[np.ndarray], List[str]]:
+    """The request's frames as arrays (image files decoded in parallel on ``pool``) and their names.
+
+    Sizes and counts are checked from the file headers first, so an oversized or
+    decompression-bomb frame is refused before any pixel is decoded.
+    """
+    if request.clip is not None:
+        check_array_header(request.clip, "clip", limits)
+        frames = decode_clip_array(request.clip, "clip")
+        return frames, [f"clip[{i}]" for i in range(len(frames))]
+    if len(request.images) > limits.max_frames:
+        raise InputError(ErrorCode.TOO_MANY_FRAMES,
+                         f"at most {limits.max_frames} frames per request, got {len(request.images)}", "frames")
+    names = [name for name, _ in request.images]
+    jobs = [(data, name, limits.max_frame_pixels) for name, data in request.images]
+    frames = list(pool.map(decode_frame, *zip(*jobs))) if pool and jobs else [decode_frame(*j) for j in jobs]
+    return frames, names
+
+
+def decode_frame(data: bytes, name: str, max_pixels: int) -> np.ndarray:
+    """One image file, refused from its header when it has more than ``max_pixels`` pixels."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+    except Image.DecompressionBombError as exc:  # Pillow refuses > ~179 Mpx already when opening
+        raise InputError(ErrorCode.FRAME_TOO_LARGE, f"{name}: {exc}; the limit is {max_pixels} pixels per frame",
+                         name) from exc
+    except Exception:  # noqa: BLE001 - not an image: decode_image below says so in its words
+        width = height = 0
+    if width * height > max_pixels:
+        raise InputError(ErrorCode.FRAME_TOO_LARGE,
+                         f"{name} is {width}x{height} pixels; the limit is {max_pixels} pixels per frame", name)
+    return decode_image(data, name)
+
+
+def check_array_header(data: bytes, name: str, limits: ClipLimits) -> None:
+    """Refuse a .npy/.npz clip by its header (dtype, shape, frame count, pixels, size) before loading it.
+
+    ``np.load`` allocates the whole array its header announces before reading, so a few bytes
+    announcing a huge array must be stopped here. Unreadable headers are left to decode_clip_array.
+    """
+    header = _array_header(data)
+    if header is None:
+        return
+    shape, dtype, payload = header
+    if dtype not in SUPPORTED_DTYPES:
+        raise InputError(ErrorCode.FRAME_DECODE_ERROR, f"{name} has dtype {dtype}; use uint8, uint16 or float32", name)
+    if len(shape) not in (3, 4) or (len(shape) == 4 and shape[3] != 3):
+        raise InputError(ErrorCode.FRAME_DECODE_ERROR,
+                         f"{name} has shape {shape}; expected T x H x W or T x H x W x 3", name)
+    frames, height, width = shape[:3]
+    if frames > limits.max_frames:
+        raise InputError(ErrorCode.TOO_MANY_FRAMES, f"at most {limits.max_frames} frames per request, got {frames}",
+                         name)
+    if height * width > limits.max_frame_pixels:
+        raise InputError(ErrorCode.FRAME_TOO_LARGE,
+                         f"{name} frames are {width}x{height} pixels; the limit is {limits.max_frame_pixels} "
+                         "pixels per frame", name)
+    needed = int(np.prod(shape)) * dtype.itemsize
+    if payload is not None and payload < needed:
+        raise InputError(ErrorCode.FRAME_DECODE_ERROR,
+                         f"{name} is truncated: its header announces {needed} bytes of data, it holds {payload}", name)
+
+
+def _array_header(data: bytes) -> Optional[Tuple[Tuple[int, ...], np.dtype, Optional[int]]]:
+    """(shape, dtype, bytes of data after the header or None when compressed) of a .npy/.npz; None if unreadable."""
+    try:
+        if data[:4] == b"PK\x03\x04":
+            with zipfile.ZipFile(io.BytesIO(data)) as zf:
+                members = zf.namelist()
+                if len(members) != 1:
+                    return None
+                with zf.open(members[0]) as fp:
+                    shape, dtype = _npy_header(fp)
+                return shape, dtype, None
+        fp = io.BytesIO(data)
+        shape, dtype = _npy_header(fp)
+        return shape, dtype, len(data) - fp.tell()
+    except Exception:  # noqa: BLE001 - anything unreadable is reported by decode_clip_array
+        return None
+
+
+def _npy_header(fp) -> Tuple[Tuple[int, ...], np.dtype]:
+    major, _ = np.lib.format.read_magic(fp)
+    read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read(fp)
+    return tuple(int(s) for s in shape), np.dtype(dtype)
+
+

@@ -1,0 +1,354 @@
+"""Training and fine-tuning of JVLGS, as published (REFERENCE.md, "Training, as published").
+
+* Samples are triplets (t, t+1, t+2) of a clip, target first, for every labelled frame t; the last
+  two frames of a clip use the neighbours :func:`leakseg.model.triplet_neighbours` gives them (the
+  same rule as inference).
+* Loss on the fused logits only: w = 1 + 5 |avgpool31(m) - m|; weighted BCE + weighted IoU
+  (:func:`structure_loss`).
+* Adam, lr 1e-4, x0.1 for the last 20 % of the epochs (or of the ``max_minutes`` budget when that
+  ends first), batch 6, gradient clipping by value 0.5.
+* Augmentation identical on the three frames (:mod:`leakseg.data.augment`).
+
+The text path is never trained. The text matrix E (D x P) is a constant:
+
+* native checkpoint: its prompt bank's embeddings of its default prompts;
+* authors' ``.pth``: its own OWLv2 text model, frozen, embeds the prompts once before training
+  (exactly what `leakseg export` would compute); the text weights are not saved, the embeddings are;
+* scratch: :func:`scratch_prompt_bank`, fixed seeded embeddings (no pretrained text model exists
+  here), described in the saved config under ``prompt_bank_note``.
+
+The saved config keeps ``input_size`` 352 (what export and serving use) whatever ``size`` training
+ran at; the network is resolution-flexible.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from leakseg.data.augment import AugmentConfig, augment_triplet
+from leakseg.data.dataset import list_scenes, read_image, read_mask, scene_frames
+from leakseg.frames import to_uint8_clip
+from leakseg.model import DEFAULT_PROMPTS, JVLGS, build_model, triplet_neighbours
+from leakseg.preprocess import preprocess_frame
+from leakseg.prompts import PromptBank
+
+log = logging.getLogger(__name__)
+
+SCRATCH_BANK_SEED = 20240531
+SCRATCH_BANK_NOTE = (
+    "Scratch training: no pretrained OWLv2 text model was available, so the prompt embeddings are NOT "
+    "OWLv2's. They are fixed and derived deterministically: for the prompt list in order, a D x P matrix "
+    "of standard normals from numpy.random.default_rng({seed}) is orthonormalised by a reduced QR "
+    "decomposition (numpy.linalg.qr, signs fixed so diag(R) > 0) and scaled by sqrt(D), so prompt j's "
+    "embedding is sqrt(D) * Q[:, j] (unit-variance entries, mutually orthogonal). The prompt strings "
+    "are labels only; these vectors carry no language meaning and the bank cannot embed new prompts."
+)
+
+
+# --- loss --------------------------------------------------------------------------------------
+
+def structure_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The published loss on (B, 1, H, W) logits and masks in [0, 1]: mean over the batch of wBCE + wIoU."""
+    weit = 1 + 5 * torch.abs(F.avg_pool2d(mask, kernel_size=31, stride=1, padding=15) - mask)
+    bce = F.binary_cross_entropy_with_logits(logits, mask, reduction="none")
+    wbce = (weit * bce).sum(dim=(2, 3)) / weit.sum(dim=(2, 3))
+    pred = torch.sigmoid(logits)
+    inter = (pred * mask * weit).sum(dim=(2, 3))
+    union = ((pred + mask) * weit).sum(dim=(2, 3))
+    wiou = 1 - (inter + 1) / (union - inter + 1)
+    return (wbce + wiou).mean()
+
+
+# --- prompt embeddings ---------------------------------------------------------------------------
+
+def scratch_prompt_bank(prompts: Sequence[str] = DEFAULT_PROMPTS, dim: int = 512, seed: int = SCRATCH_BANK_SEED) -> PromptBank:
+    """Fixed, seeded orthogonal prompt embeddings (see ``SCRATCH_BANK_NOTE``)."""
+    prompts = list(prompts)
+    g = np.random.default_rng(seed).standard_normal((dim, len(prompts)))
+    q, r = np.linalg.qr(g)
+    q = q * np.sign(np.diag(r))[None, :]
+    emb = (math.sqrt(dim) * q.T).astype(np.float32)  # (P, D)
+    return PromptBank(prompts, emb, prompts)
+
+
+def load_start(init: Optional[Union[str, Path]], backbone: str = "pvt_v2_b0") -> Tuple[JVLGS, PromptBank, dict]:
+    """(model, prompt bank, provenance) from an authors' .pth, a native folder, or scratch (init None)."""
+    from leakseg.export.checkpoint import import_authors_checkpoint, is_native_checkpoint, load_native
+
+    if init is None:
+        model = build_model(backbone)
+        bank = scratch_prompt_bank(model.config.prompts, model.config.text_dim)
+        return model, bank, {"start": f"scratch ({backbone}, random init, no pretrained weights)",
+                             "prompt_bank_note": SCRATCH_BANK_NOTE.format(seed=SCRATCH_BANK_SEED)}
+    if is_native_checkpoint(init):
+        model, bank = load_native(init)
+        raw = json.loads((Path(init) / "config.json").read_text())
+        info = {"start": f"native checkpoint {Path(init).name}"}
+        if "prompt_bank_note" in raw:
+            info["prompt_bank_note"] = raw["prompt_bank_note"]
+        return model, bank, info
+    from leakseg.export.text import build_prompt_bank, build_text_model
+    from leakseg.export.tokenizer import load_tokenizer
+
+    model, text_sd = import_authors_checkpoint(init)
+    if not text_sd:
+        raise ValueError(f"{init} has no text model (nlpmodel.*) to embed the prompts with")
+    text_model = build_text_model(model.config.text_model, text_sd).eval()
+    for p in text_model.parameters():
+        p.requires_grad_(False)
+    bank = build_prompt_bank(text_model, load_tokenizer(None), model.config.prompts)
+    return model, bank, {"start": f"authors' checkpoint {Path(init).name}",
+                         "prompt_bank_note": "embeddings of the prompts by the checkpoint's own OWLv2 text model, "
+                                             "frozen during fine-tuning (the text model is not saved)"}
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+@dataclass
+class Clip:
+    name: str
+    frames: List[np.ndarray]  # uint8, H x W
+    masks: Dict[int, np.ndarray]  # frame index -> bool H x W (labelled frames only)
+
+
+def few_shot_indices(labelled: Sequence[int], cap: Optional[int]) -> List[int]:
+    """At most ``cap`` of the labelled frame indices, spread evenly over the clip (all when cap is None)."""
+    labelled = sorted(labelled)
+    if cap is None or len(labelled) <= cap:
+        return labelled
+    if cap <= 0:
+        return []
+    picks = np.linspace(0, len(labelled) - 1, cap).round().astype(int)
+    return [labelled[i] for i in picks]
+
+
+def load_clips(root: Union[str, Path], few_shot: Optional[int] = None) -> List[Clip]:
+    """Every scene under ``root`` with at least 3 frames; frames in 8 bits (clip-level stretch for 16 bit)."""
+    clips = []
+    for scene in list_scenes(root):
+        pairs = scene_frames(scene)
+        if len(pairs) < 3:
+            log.warning("skipping %s: %d frames (a triplet needs 3)", scene.name, len(pairs))
+            continue
+        frames = to_uint8_clip([read_image(img) for img, _ in pairs])
+        labelled = few_shot_indices([i for i, (_, m) in enumerate(pairs) if m is not None], few_shot)
+        clips.append(Clip(scene.name, frames, {i: read_mask(pairs[i][1]) for i in labelled}))
+    if not clips:
+        raise FileNotFoundError(f"no scenes (SCENE/images/*) with 3 or more frames under {root}")
+    return clips
+
+
+class TripletSet:
+    """(triplet (3, 3, S, S) float32, mask (1, S, S) float32 in [0, 1]) per labelled frame."""
+
+    def __init__(self, clips: Sequence[Clip], size: int, augment: Optional[AugmentConfig] = None):
+        self.clips = list(clips)
+        self.size = size
+        self.augment = augment
+        self.items: List[Tuple[int, int, int, int]] = []  # clip, target, first, second
+        for ci, clip in enumerate(self.clips):
+            pairs = triplet_neighbours(len(clip.frames))
+            for t in sorted(clip.masks):
+                self.items.append((ci, t, *pairs[t]))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def get(self, index: int, rng: Optional[np.random.Generator] = None) -> Tuple[np.ndarray, np.ndarray]:
+        ci, t, a, b = self.items[index]
+        clip = self.clips[ci]
+        frames = [clip.frames[t], clip.frames[a], clip.frames[b]]
+        mask = clip.masks[t].astype(np.uint8) * 255
+        if self.augment is not None and rng is not None:
+            frames, mask = augment_triplet(frames, mask, self.augment.sample(rng))
+        from PIL import Image
+
+        x = np.stack([preprocess_frame(f, self.size) for f in frames])
+        m = np.asarray(Image.fromarray(mask).resize((self.size, self.size), Image.BILINEAR), np.float32) / 255.0
+        return x, m[None]
+
+    def batch(self, indices: Sequence[int], rng: Optional[np.random.Generator] = None):
+        xs, ms = zip(*(self.get(i, rng) for i in indices))
+        return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ms))
+
+
+# --- validation ----------------------------------------------------------------------------------
+
+@torch.no_grad()
+def validate(model: JVLGS, text: torch.Tensor, clips: Sequence[Clip], size: int, device: torch.device) -> Dict:
+    """leakseg.metrics summary of the model on fully labelled clips, post-processed as served."""
+    from leakseg.metrics import SegmentationMetrics
+    from leakseg.postprocess import postprocess
+    from leakseg.schema import ClipOptions
+
+    was_training = model.training
+    model.eval()
+    metrics, options = SegmentationMetrics(), ClipOptions()
+    for clip in clips:
+        if len(clip.masks) != len(clip.frames):
+            continue
+        x = torch.from_numpy(np.stack([preprocess_frame(f, size) for f in clip.frames])).to(device)
+        nb = torch.tensor(triplet_neighbours(len(clip.frames)), dtype=torch.int64, device=device)
+        logits = model(x, text[:1].expand(len(clip.frames), -1, -1), nb)
+        h, w = clip.frames[0].shape[:2]
+        pred = postprocess(logits.cpu(), h, w, options).masks
+        metrics.update(clip.name, pred, np.stack([clip.masks[i] for i in range(len(clip.frames))]))
+    model.train(was_training)
+    return metrics.summary()
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    init: Optional[str] = None
+    backbone: str = "pvt_v2_b0"
+    val: Optional[str] = None
+    epochs: int = 60
+    batch_size: int = 6
+    lr: float = 1e-4
+    lr_drop_at: float = 0.8  # share of epochs (or of the time budget) after which lr x 0.1
+    clip_value: float = 0.5
+    size: int = 352
+    few_shot: Optional[int] = None
+    max_minutes: Optional[float] = None
+    max_steps: Optional[int] = None
+    seed: int = 0
+    augment: bool = True
+    device: str = "auto"
+    progress: bool = True
+
+
+@dataclass
+class TrainResult:
+    steps: int = 0
+    epochs: float = 0.0
+    seconds: float = 0.0
+    losses: List[float] = field(default_factory=list)  # per step
+    epoch_losses: List[float] = field(default_factory=list)
+    val: List[Dict] = field(default_factory=list)
+    best_score: Optional[float] = None
+    stopped: str = ""
+
+
+def _score(summary: Dict) -> float:
+    """Model selection: J&F on the held-out set minus the false-alarm rate in points."""
+    jf = summary.get("J&F") or 0.0
+    fa = summary.get("false_alarm_rate") or 0.0
+    return jf - 100.0 * fa
+
+
+def train_step(model: JVLGS, optimizer, triplets: torch.Tensor, masks: torch.Tensor, text: torch.Tensor,
+               clip_value: Optional[float] = 0.5) -> float:
+    logits, _, _ = model.forward_triplet(triplets, text.expand(triplets.shape[0], -1, -1))
+    loss = structure_loss(logits, masks)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_value:
+        torch.nn.utils.clip_grad_value_(model.parameters(), clip_value)
+    optimizer.step()
+    return float(loss.detach())
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    from leakseg.export.checkpoint import save_native
+
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    model, bank, info = load_start(cfg.init, cfg.backbone)
+    model.to(device).train()
+    text = torch.from_numpy(bank.matrix()).to(device)[None]  # (1, D, P), fixed
+    train_set = TripletSet(load_clips(cfg.data, cfg.few_shot), cfg.size, AugmentConfig() if cfg.augment else None)
+    val_clips = load_clips(cfg.val) if cfg.val else []
+    if len(train_set) == 0:
+        raise ValueError(f"no labelled frames under {cfg.data}")
+    log.info("%d training triplets from %d clips, %d validation clips; start: %s; device %s",
+             len(train_set), len(train_set.clips), len(val_clips), info["start"], device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
+    meta = {"training": {k: v for k, v in asdict(cfg).items() if k not in ("progress",)}, **info}
+    out = Path(cfg.out)
+    result = TrainResult()
+    bar = None
+    if cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="step", desc="train", dynamic_ncols=True)
+    t0 = time.monotonic()
+    budget = None if cfg.max_minutes is None else 60.0 * cfg.max_minutes
+    dropped = False
+
+    def save(folder: Path, extra: Dict) -> None:
+        model.eval()
+        save_native(folder, model.cpu(), bank, {**meta, **extra})
+        model.to(device).train()
+
+    epoch = 0
+    while result.steps < total and not result.stopped:
+        order = rng.permutation(len(train_set))
+        running = []
+        for i in range(0, len(order), cfg.batch_size):
+            elapsed = time.monotonic() - t0
+            if budget is not None and elapsed >= budget:
+                result.stopped = f"time budget of {cfg.max_minutes} min reached"
+                break
+            if result.steps >= total:
+                break
+            late = (budget is not None and elapsed >= cfg.lr_drop_at * budget) or \
+                result.steps >= cfg.lr_drop_at * total
+            if late and not dropped:
+                for g in optimizer.param_groups:
+                    g["lr"] = cfg.lr * 0.1
+                dropped = True
+                log.info("step %d: learning rate -> %g", result.steps, cfg.lr * 0.1)
+            x, m = train_set.batch(order[i:i + cfg.batch_size], rng)
+            loss = train_step(model, optimizer, x.to(device), m.to(device), text, cfg.clip_value)
+            result.losses.append(loss)
+            running.append(loss)
+            result.steps += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(running[-20:]):.4f}", lr=optimizer.param_groups[0]["lr"])
+        if not running:
+            break
+        epoch += 1
+        result.epochs = epoch if len(running) == steps_per_epoch else epoch - 1 + len(running) / steps_per_epoch
+        result.epoch_losses.append(float(np.mean(running)))
+        extra = {"training_progress": {"steps": result.steps, "epochs": round(result.epochs, 3),
+                                       "last_epoch_loss": result.epoch_losses[-1]}}
+        if val_clips:
+            summary = validate(model, text, val_clips, cfg.size, device)
+            result.val.append(summary)
+            score = _score(summary)
+            log.info("epoch %d: loss %.4f; val J&F %s, false alarms %s", epoch, result.epoch_losses[-1],
+                     summary["J&F"], summary["false_alarm_rate"])
+            extra["validation"] = summary
+            if result.best_score is None or score > result.best_score:
+                result.best_score = score
+                save(out / "best", extra)
+        else:
+            log.info("epoch %d: loss %.4f", epoch, result.epoch_losses[-1])
+        save(out / "last", extra)
+    if bar is not None:
+        bar.close()
+    result.seconds = time.monotonic() - t0
+    result.stopped = result.stopped or "all steps done"
+    if not val_clips and (out / "last").exists():
+        pass  # "best" is only defined with a validation set
+    (out / "train_log.json").write_text(json.dumps(asdict(result), indent=1) + "\n")
+    return result

@@ -1,0 +1,101 @@
+"""Importing the authors' checkpoints (b0 with a small text model, b5 as in the manifest) and ours."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from authors_format import to_authors_state_dict
+from conftest import SMALL_TEXT, small_model
+from leakseg.export.checkpoint import (
+    CheckpointError, import_authors_checkpoint, infer_config, load_native, read_torch_checkpoint, save_native,
+)
+from leakseg.model import build_model
+
+MANIFEST = Path(__file__).resolve().parents[2] / "shared" / "reference" / "b5_reference_manifest.json"
+
+
+def test_b0_small_text_model_is_inferred_and_loaded(authors_checkpoint):
+    model, text_sd = import_authors_checkpoint(authors_checkpoint)
+    cfg = model.config
+    assert cfg.backbone == "pvt_v2_b0" and cfg.prompt_count == 4 and cfg.text_dim == 64
+    tm = cfg.text_model
+    assert (tm.hidden_size, tm.intermediate_size, tm.num_hidden_layers, tm.num_attention_heads) == (64, 128, 2, 1)
+    # the loaded weights are the file's weights, not a fresh initialisation
+    sd = read_torch_checkpoint(authors_checkpoint)
+    assert torch.equal(model.vlf.fmap_proj.weight, sd["fmap_proj.weight"])
+    assert torch.equal(model.ctc.nl_layers[2].nonlocal_block.W.weight, sd["ctc.nl_layer3.nonlocals.0.W.weight"])
+    assert torch.equal(model.encoder.pvt.stages[3].blocks[1].mlp.dwconv.weight,
+                       sd["backbone.encoder.pvtv2_en.block4.1.mlp.dwconv.dwconv.weight"])
+    assert "text_model.final_layer_norm.weight" in text_sd
+
+
+@pytest.mark.skipif(not MANIFEST.exists(), reason="shared/reference is not beside this checkout")
+def test_b5_checkpoint_with_manifest_shapes_imports(tmp_path):
+    manifest = json.loads(MANIFEST.read_text())
+    g = torch.Generator().manual_seed(0)
+    sd = {k: torch.randn(shape, generator=g) if shape else torch.tensor(0) for k, shape in manifest.items()}
+    cfg = infer_config(sd)
+    assert cfg.backbone == "pvt_v2_b5" and cfg.prompt_count == 4 and cfg.text_dim == 512
+    assert cfg.text_model.num_hidden_layers == 12 and cfg.text_model.intermediate_size == 2048
+    path = tmp_path / "b5.pth"
+    torch.save({"module." + k: v for k, v in sd.items()}, path)
+    model, text_sd = import_authors_checkpoint(path)
+    assert torch.equal(model.gsa[1].fuse_conv.conv.weight, sd["fsp2.BNReLU.conv.weight"])
+    # and the test helper that writes authors' files is the exact inverse for b5
+    from leakseg.export.text import build_text_model
+
+    written = to_authors_state_dict(model, build_text_model(cfg.text_model, text_sd))
+    assert {k: list(v.shape) for k, v in written.items()} == manifest
+
+
+def test_native_round_trip(tmp_path):
+    from leakseg.prompts import PromptBank
+    import numpy as np
+
+    model = small_model(seed=3)
+    bank = PromptBank(["a", "b", "c", "d", "e"], np.random.default_rng(0).normal(size=(5, 64)), ["d", "c", "b", "a"])
+    model.config.prompts = ["d", "c", "b", "a"]
+    save_native(tmp_path / "native", model, bank)
+    loaded, bank2 = load_native(tmp_path / "native")
+    assert loaded.config.backbone == "pvt_v2_b0" and loaded.config.text_model is None
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k
+    assert bank2.prompts == bank.prompts and bank2.defaults == bank.defaults
+    assert np.array_equal(bank2.embeddings, bank.embeddings.astype(np.float32))
+
+
+def test_not_a_checkpoint(tmp_path):
+    p = tmp_path / "junk.pth"
+    p.write_bytes(b"not a torch file")
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        import_authors_checkpoint(p)
+
+
+def test_missing_keys_are_named(tmp_path, authors_checkpoint):
+    sd = read_torch_checkpoint(authors_checkpoint)
+    del sd["fmap_proj.weight"]
+    torch.save(sd, tmp_path / "a.pth")
+    with pytest.raises(CheckpointError, match="missing fmap_proj.weight"):
+        import_authors_checkpoint(tmp_path / "a.pth")
+    sd = read_torch_checkpoint(authors_checkpoint)
+    del sd["ctc.conv2.bn.running_var"]
+    sd["extra.layer.weight"] = torch.zeros(1)
+    torch.save(sd, tmp_path / "b.pth")
+    with pytest.raises(CheckpointError) as err:
+        import_authors_checkpoint(tmp_path / "b.pth")
+    assert "ctc.convs.1.bn.running_var" in str(err.value) and "extra.layer.weight" in str(err.value)
+
+
+def test_unknown_backbone_depths(tmp_path, authors_checkpoint):
+    sd = read_torch_checkpoint(authors_checkpoint)
+    sd = {k: v for k, v in sd.items() if ".block3.1." not in k}
+    with pytest.raises(CheckpointError, match=r"depths \(2, 2, 1, 2\)"):
+        infer_config(sd)
+
+
+def test_build_model_from_variant_name():
+    assert build_model("pvt_v2_b1", text_dim=64, text_model=None).config.backbone == "pvt_v2_b1"
+    with pytest.raises(ValueError, match="unknown backbone"):
+        build_model("resnet50")

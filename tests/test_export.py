@@ -1,0 +1,83 @@
+"""The exported graphs equal the eager model; the archive holds what the manifest says."""
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from leakseg.export.archive import extract_archive
+from leakseg.export.checkpoint import import_authors_checkpoint, sha256_file
+from leakseg.export.graph import example_inputs, max_logit_error
+from leakseg.manifest import MANIFEST_FILE, ArchiveManifest
+from leakseg.model import triplet_neighbours
+from leakseg.runtime import TorchGraph, load_graph
+
+
+def _graph(archive, tmp_path):
+    folder = extract_archive(archive, tmp_path / "x")
+    manifest = ArchiveManifest.model_validate_json((folder / MANIFEST_FILE).read_text())
+    return manifest, folder, load_graph(str(folder / manifest.graph_file), manifest.format, "cpu")
+
+
+@pytest.mark.parametrize("fixture", ["onnx_archive", "torchscript_archive"])
+def test_exported_graph_equals_eager(fixture, request, authors_checkpoint, tmp_path):
+    manifest, _, graph = _graph(request.getfixturevalue(fixture), tmp_path)
+    model, _ = import_authors_checkpoint(authors_checkpoint)
+    # clips of lengths the trace never saw, batched together, with different prompts each
+    frames, text, neighbours = example_inputs(model, clip_lengths=(7, 3, 4), seed=5)
+    with torch.no_grad():
+        expected = model(frames, text, neighbours).numpy()
+    got = graph(frames.numpy(), text.numpy(), neighbours.numpy()).numpy()
+    assert got.shape == expected.shape == (14, 1, 352, 352)
+    assert np.abs(got - expected).max() < 1e-4
+    assert manifest.max_abs_logit_error < 1e-3
+
+
+def test_archive_contents(onnx_archive, authors_checkpoint):
+    with zipfile.ZipFile(onnx_archive) as zf:
+        names = set(zf.namelist())
+        manifest = ArchiveManifest.model_validate_json(zf.read(MANIFEST_FILE))
+        mar = json.loads(zf.read("MAR-INF/MANIFEST.json"))
+    assert {"graph.onnx", "prompt_bank.safetensors", MANIFEST_FILE, "torchserve_entry.py", "model-config.yaml"} <= names
+    assert manifest.format == "onnx" and manifest.config["backbone"] == "pvt_v2_b0"
+    assert manifest.checkpoint_sha256 == sha256_file(authors_checkpoint)
+    assert manifest.postprocess.opening_kernel == 9 and manifest.postprocess.normalization == "minmax"
+    assert mar["model"]["handler"] == "torchserve_entry.py"
+
+
+def test_verification_catches_a_wrong_graph(authors_checkpoint):
+    """The check export runs before archiving fails for a graph that is not the model."""
+    model, _ = import_authors_checkpoint(authors_checkpoint)
+    assert max_logit_error(model, TorchGraph(model, "cpu")) == 0.0
+    other, _ = import_authors_checkpoint(authors_checkpoint)
+    with torch.no_grad():
+        other.fusion_conv[2].bias += 0.01
+    assert max_logit_error(model, TorchGraph(other, "cpu")) == pytest.approx(0.01, rel=1e-3)
+
+
+def test_export_command_reports_bad_checkpoint(tmp_path, capsys):
+    from leakseg.cli import main
+
+    bad = tmp_path / "bad.pth"
+    torch.save({"some.weight": torch.zeros(2)}, bad)
+    assert main(["export", "--checkpoint", str(bad), "--output-dir", str(tmp_path)]) == 1
+    assert not list(tmp_path.glob("*.mar"))
+
+
+def test_prompt_bank_in_archive_holds_the_text_models_embeddings(onnx_archive, authors_checkpoint, tmp_path):
+    from leakseg.export.checkpoint import read_torch_checkpoint, text_state_dict
+    from leakseg.export.text import build_text_model, embed_prompts
+    from leakseg.export.tokenizer import load_tokenizer
+    from leakseg.prompts import PromptBank
+
+    folder = extract_archive(onnx_archive, tmp_path / "y")
+    bank = PromptBank.load(folder / "prompt_bank.safetensors")
+    assert bank.defaults == ["white steam", "floating steam", "billowing smoke", "flowing smoke"]
+    assert bank.prompts[4:] == ["gas plume", "vapour cloud"]
+    model, text_sd = import_authors_checkpoint(authors_checkpoint)
+    tm = build_text_model(model.config.text_model, text_sd)
+    expected = embed_prompts(tm, load_tokenizer(), ["vapour cloud", "white steam"])
+    np.testing.assert_allclose(bank.matrix(["vapour cloud", "white steam", "gas plume", "flowing smoke"])[:, :2],
+                               expected.T, atol=1e-6)
