@@ -77,7 +77,7 @@ def scratch_prompt_bank(prompts: Sequence[str] = DEFAULT_PROMPTS, dim: int = 512
     g = np.random.default_rng(seed).standard_normal((dim, len(prompts)))
     q, r = np.linalg.qr(g)
     q = q * np.sign(np.diag(r))[None, :]
-    emb = (math.sqrt(dim) * q.T).astype(np.float32)  # (P, D)
+    emb = np.ascontiguousarray(math.sqrt(dim) * q.T, dtype=np.float32)  # (P, D)
     return PromptBank(prompts, emb, prompts)
 
 
@@ -262,8 +262,29 @@ def train_step(model: JVLGS, optimizer, triplets: torch.Tensor, masks: torch.Ten
     return float(loss.detach())
 
 
+def min_input_size() -> int:
+    """The smallest square input the network takes: the stride-32 map must be at least as large as the
+    temporal block's largest max-pool (8), i.e. 232 pixels (multiples of 32: 256)."""
+    from leakseg.model.temporal import SUBSAMPLING
+
+    def stride32(s: int) -> int:
+        s = (s - 1) // 4 + 1  # patch embed 7x7, stride 4, padding 3
+        for _ in range(3):
+            s = (s - 1) // 2 + 1  # 3x3, stride 2, padding 1
+        return s
+
+    s = 32
+    while stride32(s) < max(SUBSAMPLING):
+        s += 1
+    return s
+
+
 def train(cfg: TrainConfig) -> TrainResult:
     from leakseg.export.checkpoint import save_native
+
+    if cfg.size < min_input_size():
+        raise ValueError(f"--size {cfg.size} is too small: the network needs at least {min_input_size()} pixels "
+                         "(its stride-32 features must be 8 x 8 or larger for the temporal block)")
 
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))

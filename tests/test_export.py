@@ -81,3 +81,50 @@ def test_prompt_bank_in_archive_holds_the_text_models_embeddings(onnx_archive, a
     expected = embed_prompts(tm, load_tokenizer(), ["vapour cloud", "white steam"])
     np.testing.assert_allclose(bank.matrix(["vapour cloud", "white steam", "gas plume", "flowing smoke"])[:, :2],
                                expected.T, atol=1e-6)
+
+
+def test_export_native_checkpoint_keeps_its_prompt_bank(tmp_path):
+    from conftest import small_model
+    from leakseg.export.checkpoint import save_native
+    from leakseg.export.pipeline import ExportOptions, export_archive
+    from leakseg.prompts import PromptBank
+
+    model = small_model(seed=7)
+    rng = np.random.default_rng(1)
+    bank = PromptBank(["white steam", "floating steam", "billowing smoke", "flowing smoke", "gas"],
+                      rng.normal(size=(5, 64)), ["white steam", "floating steam", "billowing smoke", "flowing smoke"])
+    save_native(tmp_path / "native", model, bank)
+    mar = export_archive(ExportOptions(checkpoint=tmp_path / "native", name="nat", output_dir=tmp_path))
+    folder = extract_archive(mar, tmp_path / "n")
+    exported = PromptBank.load(folder / "prompt_bank.safetensors")
+    assert exported.prompts == bank.prompts and np.array_equal(exported.embeddings, bank.embeddings)
+    # prompts it has no embedding for need a text model
+    with pytest.raises(ValueError, match="--text-model"):
+        export_archive(ExportOptions(checkpoint=tmp_path / "native", name="nat2", output_dir=tmp_path,
+                                     extra_prompts=["never seen"]))
+
+
+def test_text_model_folder_supplies_tokenizer_and_weights(tmp_path, authors_checkpoint):
+    """A checkpoint without nlpmodel.* exports with a local Hugging Face OWLv2 text folder."""
+    from leakseg.export.checkpoint import read_torch_checkpoint
+    from leakseg.export.pipeline import ExportOptions, export_archive
+    from leakseg.export.text import build_text_model, embed_prompts
+    from leakseg.export.tokenizer import load_tokenizer, write_hf_tokenizer_files
+    from leakseg.model import TextModelConfig
+    from leakseg.prompts import PromptBank
+
+    sd = {k: v for k, v in read_torch_checkpoint(authors_checkpoint).items() if not k.startswith("nlpmodel.")}
+    torch.save(sd, tmp_path / "vision_only.pth")
+    with pytest.raises(ValueError, match="no text model"):
+        export_archive(ExportOptions(checkpoint=tmp_path / "vision_only.pth", output_dir=tmp_path))
+
+    text_dir = tmp_path / "owlv2-text"
+    cfg = TextModelConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
+    text_model = build_text_model(cfg)
+    text_model.save_pretrained(text_dir)
+    write_hf_tokenizer_files(text_dir)
+    mar = export_archive(ExportOptions(checkpoint=tmp_path / "vision_only.pth", name="hf", output_dir=tmp_path,
+                                       text_model_dir=text_dir))
+    bank = PromptBank.load(extract_archive(mar, tmp_path / "h") / "prompt_bank.safetensors")
+    expected = embed_prompts(text_model, load_tokenizer(text_dir), bank.defaults)
+    np.testing.assert_allclose(bank.embeddings, expected, atol=1e-6)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -32,78 +34,94 @@ class ExportOptions:
     postprocess: ClipOptions = field(default_factory=ClipOptions)
 
 
-def _steps(total: int):
-    from tqdm import tqdm
+class _Steps:
+    """Numbered progress lines on stderr ("[2/5] embedding prompts ... 1.3 s")."""
 
-    return tqdm(total=total, desc="export", unit="step", bar_format="{desc}: {n}/{total} {postfix}")
+    def __init__(self, total: int):
+        self.total, self.done, self.t0 = total, 0, time.perf_counter()
+
+    def start(self, what: str) -> None:
+        self.done += 1
+        self.t0 = time.perf_counter()
+        print(f"[{self.done}/{self.total}] {what} ...", file=sys.stderr, flush=True)
+
+    def finish(self, detail: str = "") -> None:
+        took = time.perf_counter() - self.t0
+        print(f"      done in {took:.1f} s{': ' + detail if detail else ''}", file=sys.stderr, flush=True)
 
 
-def load_model_and_bank(opts: ExportOptions):
-    """Steps 1-2: the vision model with weights, and the prompt bank for the chosen prompts."""
+def import_model(opts: ExportOptions):
+    """Step 1: the vision model with its weights, and what can embed prompts for it.
+
+    Returns (model, bank, text_model): a native checkpoint brings its prompt bank and no
+    text model; an authors' checkpoint brings its fine-tuned text model.
+    """
     from leakseg.export.checkpoint import import_authors_checkpoint, is_native_checkpoint, load_native
-    from leakseg.export.text import build_prompt_bank, build_text_model, load_text_model_dir
-    from leakseg.export.tokenizer import load_tokenizer
+    from leakseg.export.text import build_text_model, load_text_model_dir
 
     if is_native_checkpoint(opts.checkpoint):
         model, bank = load_native(opts.checkpoint)
-        wanted = [*(opts.prompts or bank.defaults), *opts.extra_prompts]
-        if all(p in bank.prompts for p in wanted):
-            if opts.prompts:
-                bank = type(bank)(bank.prompts, bank.embeddings, opts.prompts)
-            return model, bank
-        if opts.text_model_dir is None:
-            missing = [p for p in wanted if p not in bank.prompts]
-            raise ValueError(
-                f"the native checkpoint has no embeddings for {missing} and carries no text encoder; "
-                "pass --text-model DIR to embed new prompts"
-            )
-        text_model = load_text_model_dir(opts.text_model_dir)
-    else:
-        model, text_sd = import_authors_checkpoint(opts.checkpoint, opts.prompts)
-        if text_sd:
-            text_model = build_text_model(model.config.text_model, text_sd)
-        elif opts.text_model_dir is not None:
-            text_model = load_text_model_dir(opts.text_model_dir)
-        else:
-            raise ValueError("the checkpoint has no text model (nlpmodel.*); pass --text-model DIR")
-    tokenizer = load_tokenizer(opts.text_model_dir)
-    defaults = opts.prompts or model.config.prompts
-    bank = build_prompt_bank(text_model, tokenizer, defaults, opts.extra_prompts)
-    if bank.dim != model.config.text_dim:
-        raise ValueError(f"prompt embeddings have width {bank.dim}, the model expects {model.config.text_dim}")
-    return model, bank
+        text_model = load_text_model_dir(opts.text_model_dir) if opts.text_model_dir else None
+        return model, bank, text_model
+    model, text_sd = import_authors_checkpoint(opts.checkpoint, opts.prompts)
+    if text_sd:
+        return model, None, build_text_model(model.config.text_model, text_sd)
+    if opts.text_model_dir is not None:
+        return model, None, load_text_model_dir(opts.text_model_dir)
+    raise ValueError("the checkpoint has no text model (nlpmodel.*); pass --text-model DIR")
+
+
+def make_prompt_bank(opts: ExportOptions, model, bank, text_model):
+    """Step 2: embeddings of the P prompts and the extra ones, computed once."""
+    from leakseg.export.text import build_prompt_bank
+    from leakseg.export.tokenizer import load_tokenizer
+    from leakseg.prompts import PromptBank
+
+    defaults = opts.prompts or (bank.defaults if bank else model.config.prompts)
+    wanted = [*defaults, *opts.extra_prompts]
+    if bank is not None and all(p in bank.prompts for p in wanted):
+        return PromptBank(bank.prompts, bank.embeddings, defaults)  # a native bank already has them
+    if text_model is None:
+        missing = [p for p in wanted if p not in bank.prompts]
+        raise ValueError(
+            f"the native checkpoint has no embeddings for {missing} and carries no text encoder; "
+            "pass --text-model DIR to embed new prompts"
+        )
+    new = build_prompt_bank(text_model, load_tokenizer(opts.text_model_dir), defaults, opts.extra_prompts)
+    if new.dim != model.config.text_dim:
+        raise ValueError(f"prompt embeddings have width {new.dim}, the model expects {model.config.text_dim}")
+    return new
 
 
 def export_archive(opts: ExportOptions) -> Path:
-    from leakseg.export.checkpoint import checkpoint_sha256
     from leakseg.export.archive import write_archive
+    from leakseg.export.checkpoint import checkpoint_sha256
     from leakseg.export.graph import MAX_LOGIT_ERROR, OPSET, export_onnx, export_torchscript, max_logit_error
     from leakseg.runtime import load_graph
 
     if opts.format not in GRAPH_FILES:
         raise ValueError(f"--format must be one of {sorted(GRAPH_FILES)}")
-    bar = _steps(5)
-    bar.set_postfix_str(f"importing {opts.checkpoint}")
-    model, bank = load_model_and_bank(opts)
-    bar.update(2)
-    log.info("model: %s, P=%d prompts %s; %d prompts in the bank", model.config.backbone,
-             model.config.prompt_count, bank.defaults, len(bank.prompts))
+    steps = _Steps(5)
+    steps.start(f"importing {opts.checkpoint}")
+    model, bank, text_model = import_model(opts)
+    steps.finish(f"{model.config.backbone}, P={model.config.prompt_count}")
+    steps.start("embedding prompts")
+    bank = make_prompt_bank(opts, model, bank, text_model)
+    steps.finish(f"{len(bank.prompts)} prompts, defaults {bank.defaults}")
     with tempfile.TemporaryDirectory(prefix="leakseg-export-") as tmp:
         graph_path = Path(tmp) / GRAPH_FILES[opts.format]
-        bar.set_postfix_str(f"tracing the clip graph ({opts.format})")
+        steps.start(f"tracing the clip graph ({opts.format})")
         (export_onnx if opts.format == "onnx" else export_torchscript)(model, graph_path)
-        bar.update(1)
-        bar.set_postfix_str("checking the graph against the eager model")
+        steps.finish(f"{graph_path.stat().st_size / 1e6:.1f} MB")
+        steps.start("checking the exported graph against the eager model")
         error = max_logit_error(model, load_graph(str(graph_path), opts.format, device="cpu"))
-        log.info("largest |logit difference|, exported vs eager: %.3g (limit %g)", error, MAX_LOGIT_ERROR)
+        steps.finish(f"largest |logit difference| {error:.3g} (limit {MAX_LOGIT_ERROR})")
         if not error <= MAX_LOGIT_ERROR:
-            bar.close()
             raise RuntimeError(
                 f"the exported graph differs from the eager model by {error:.3g} in the logits "
                 f"(limit {MAX_LOGIT_ERROR}); refusing to archive"
             )
-        bar.update(1)
-        bar.set_postfix_str("writing the archive")
+        steps.start("writing the archive")
         bank_path = Path(tmp) / PROMPT_BANK_FILE
         bank.save(bank_path)
         config = model.config.to_dict()
@@ -124,7 +142,5 @@ def export_archive(opts: ExportOptions) -> Path:
         )
         mar = write_archive(graph_path, bank_path, manifest, Path(opts.output_dir),
                             opts.batch_size, opts.max_batch_delay_ms, opts.workers)
-        bar.update(1)
-        bar.set_postfix_str(str(mar))
-    bar.close()
+        steps.finish(str(mar))
     return mar

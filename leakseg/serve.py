@@ -1,0 +1,369 @@
+"""Start, wait for, check and stop TorchServe: the logic behind `leakseg serve`, reused by the tests.
+
+Why not plain ``torchserve --start``: it keeps ONE pid file for the whole machine
+(``$TMPDIR/.model_server.pid``), names its worker sockets ``/tmp/.ts.sock.<port>`` and writes
+``key_file.json`` into its working folder, so two servers on one host (a test run next to a
+dev server) trip over each other. :func:`start` runs TorchServe's own launcher in the
+foreground, in a new process group, with a private run folder as working folder, ``TMPDIR`` and
+``TEMP`` (hence java.io.tmpdir: sockets and extracted archives), and logs in a known folder.
+The run folder keeps ``serve.json`` (pid, URLs, models), the effective ``config.properties``
+and ``key_file.json``; :meth:`Server.load` reads it back for ``--stop``, ``--check``, ...
+
+TorchServe's /ping answers "Healthy" before any worker has loaded a model, so readiness is
+taken from the management API (``GET /models/NAME``: every worker READY).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Union
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+REPO_CONFIG = Path(__file__).resolve().parent.parent / "config.properties"
+PACKAGED_METRICS = Path(__file__).resolve().parent / "handler" / "metrics.yaml"
+DEFAULT_RUN_DIR = Path(".leakseg/serve")
+DEFAULT_LOG_DIR = Path("logs")
+STATE_FILE = "serve.json"
+KEY_FILE = "key_file.json"
+LAUNCHER = "ts.model_server"
+
+
+class ServeError(RuntimeError):
+    """TorchServe did not start, is not running, or did not answer."""
+
+
+# --- configuration ----------------------------------------------------------------------------
+
+
+def default_config() -> Path:
+    """./config.properties when there is one, else the repository's."""
+    local = Path("config.properties")
+    return local if local.is_file() else REPO_CONFIG
+
+
+def read_properties(path: PathLike) -> Dict[str, str]:
+    """key=value lines of a .properties file (values kept as written, escapes included)."""
+    props = {}
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", "!")) and "=" in line:
+            key, value = line.split("=", 1)
+            props[key.strip()] = value.strip()
+    return props
+
+
+def write_properties(props: Mapping[str, str], path: PathLike) -> Path:
+    path = Path(path)
+    lines = ["# written by leakseg serve: the effective TorchServe configuration"]
+    path.write_text("\n".join(lines + [f"{k}={v}" for k, v in props.items()]) + "\n")
+    return path
+
+
+def effective_properties(config: PathLike, model_store: PathLike,
+                         overrides: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    """The config with absolute paths (TorchServe runs in the run folder) and ``overrides`` applied."""
+    config = Path(config).resolve()
+    props = read_properties(config)
+    store = Path(model_store).resolve()
+    props["model_store"] = str(store)
+    metrics = props.get("metrics_config")
+    if metrics:
+        path = Path(metrics) if Path(metrics).is_absolute() else config.parent / metrics
+        props["metrics_config"] = str(path if path.is_file() else PACKAGED_METRICS)
+    # Registration only from this model store; backslashes doubled for the .properties syntax.
+    props["allowed_urls"] = ("file://" + re.escape(str(store)) + r"/[^/]+\.mar").replace("\\", "\\\\")
+    props.update(overrides or {})
+    return props
+
+
+def model_args(model_store: PathLike, models: Optional[Sequence[str]] = None) -> List[str]:
+    """NAME=FILE for each model to load: the given ones (FILE alone means NAME=stem), else every .mar."""
+    store = Path(model_store)
+    if not models:
+        models = sorted(p.name for p in store.glob("*.mar"))
+        if not models:
+            raise ServeError(f"no .mar archive in {store}; run `leakseg export` first")
+    out = []
+    for spec in models:
+        name, _, file = spec.rpartition("=")
+        name = name or Path(file).name.removesuffix(".mar")
+        if not (store / file).is_file():
+            raise ServeError(f"{store / file} does not exist (models are loaded from the model store)")
+        out.append(f"{name}={file}")
+    return out
+
+
+def _client_url(address: str) -> str:
+    """A URL to reach a bound address from this host (0.0.0.0 / :: mean every interface)."""
+    parts = urlsplit(address)
+    host = parts.hostname or "127.0.0.1"
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme or "http", netloc, "", "", "")).rstrip("/")
+
+
+# --- the running server -----------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    """A TorchServe started by :func:`start`, or found again with :meth:`load`."""
+
+    pid: int  # the launcher's pid = the process group of TorchServe and its workers
+    run_dir: Path
+    log_dir: Path
+    models: List[str]
+    inference_url: str
+    management_url: str
+    metrics_url: str
+    process: Optional[subprocess.Popen] = field(default=None, repr=False, compare=False)
+
+    # -- state --------------------------------------------------------------------------------
+    @property
+    def key_file(self) -> Path:
+        return self.run_dir / KEY_FILE
+
+    def save(self) -> None:
+        state = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "process"}
+        state.update(run_dir=str(self.run_dir), log_dir=str(self.log_dir))
+        (self.run_dir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, run_dir: PathLike = DEFAULT_RUN_DIR) -> "Server":
+        path = Path(run_dir) / STATE_FILE
+        if not path.is_file():
+            raise ServeError(f"no TorchServe started by leakseg serve here ({path} not found)")
+        state = json.loads(path.read_text())
+        state.update(run_dir=Path(state["run_dir"]), log_dir=Path(state["log_dir"]))
+        return cls(**state)
+
+    def prediction_url(self, model: Optional[str] = None) -> str:
+        return f"{self.inference_url}/predictions/{model or self.models[0]}"
+
+    # -- keys ---------------------------------------------------------------------------------
+    def keys(self) -> Dict[str, str]:
+        """The current keys: inference, management and API (read fresh: they change on rotation)."""
+        try:
+            data = json.loads(self.key_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise ServeError(f"cannot read TorchServe's key file {self.key_file}: {exc}") from exc
+        return {kind: entry["key"] for kind, entry in data.items()}
+
+    @property
+    def inference_key(self) -> str:
+        return self.keys()["inference"]
+
+    @property
+    def management_key(self) -> str:
+        return self.keys()["management"]
+
+    def rotate_key(self, kind: str = "inference") -> str:
+        """A new inference or management key through the management API's /token (needs the API key)."""
+        response = requests.post(f"{self.management_url}/token", params={"type": kind}, timeout=10,
+                                 headers=_bearer(self.keys()["API"]))
+        if response.status_code != 200:
+            raise ServeError(f"key rotation failed: HTTP {response.status_code} {response.text.strip()}")
+        return self.keys()[kind]
+
+    # -- life ---------------------------------------------------------------------------------
+    def is_running(self) -> bool:
+        return _group_alive(self.pid, self.process)
+
+    def wait_ready(self, timeout: float = 300.0, interval: float = 0.5) -> None:
+        """Until every model's workers are READY; ServeError if TorchServe exits or time runs out."""
+        deadline = time.monotonic() + timeout
+        waiting = list(self.models)
+        while waiting:
+            if not self.is_running():
+                raise ServeError(f"TorchServe exited while starting; see {self.log_dir}/ts_log.log:\n"
+                                 + log_tail(self.log_dir))
+            waiting = [m for m in waiting if not self._model_ready(m.split("=", 1)[0])]
+            if waiting and time.monotonic() > deadline:
+                raise ServeError(f"models {waiting} not ready after {timeout:.0f} s; see {self.log_dir}/"
+                                 "model_log.log:\n" + log_tail(self.log_dir, "model_log.log"))
+            if waiting:
+                time.sleep(interval)
+
+    def _model_ready(self, name: str) -> bool:
+        try:
+            response = requests.get(f"{self.management_url}/models/{name}", headers=_bearer(self.management_key),
+                                    timeout=5)
+        except (requests.RequestException, ServeError):
+            return False  # not listening yet, or the key file is not written yet
+        if response.status_code != 200:
+            return False
+        workers = [w for version in response.json() for w in version.get("workers", [])]
+        return bool(workers) and all(w.get("status") == "READY" for w in workers)
+
+    def describe(self, model: Optional[str] = None, timeout: float = 10.0) -> dict:
+        """POST {"describe": true}: proves a worker answers predictions (the health check)."""
+        response = requests.post(self.prediction_url(model), json={"describe": True}, timeout=timeout,
+                                 headers=_bearer(self.inference_key))
+        if response.status_code != 200:
+            raise ServeError(f"{self.prediction_url(model)}: HTTP {response.status_code} {response.text.strip()}")
+        return response.json()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """SIGTERM to the process group (launcher, java, workers), SIGKILL after ``timeout``.
+
+        Only a group that still holds TorchServe processes is signalled (pids get reused).
+        """
+        if _group_alive(self.pid, self.process):
+            _signal_group(self.pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while _group_alive(self.pid, self.process) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if _group_alive(self.pid, self.process):
+                log.warning("TorchServe (pgid %d) did not stop in %.0f s; killing it", self.pid, timeout)
+                _signal_group(self.pid, signal.SIGKILL)
+                time.sleep(1.0)
+        for name in (STATE_FILE, KEY_FILE):  # stale keys must not look valid
+            (self.run_dir / name).unlink(missing_ok=True)
+
+
+def start(model_store: PathLike = "model_store", models: Optional[Sequence[str]] = None,
+          config: Optional[PathLike] = None, log_dir: PathLike = DEFAULT_LOG_DIR,
+          run_dir: PathLike = DEFAULT_RUN_DIR, overrides: Optional[Mapping[str, str]] = None,
+          timeout: float = 300.0, inherit_output: bool = False) -> Server:
+    """Start TorchServe and wait until its models are ready; returns the :class:`Server`.
+
+    ``overrides`` replace config.properties keys (ports, addresses, ...). The server's output
+    goes to ``log_dir/torchserve.out`` unless ``inherit_output`` (foreground mode).
+    """
+    run_dir, log_dir, store = Path(run_dir).resolve(), Path(log_dir).resolve(), Path(model_store).resolve()
+    _refuse_if_running(run_dir)
+    (run_dir / "tmp").mkdir(parents=True, exist_ok=True)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    props = effective_properties(config or default_config(), store, overrides)
+    config_path = write_properties(props, run_dir / "config.properties")
+    specs = model_args(store, models)
+    cmd = [sys.executable, "-m", LAUNCHER, "--start", "--foreground", "--ncs", "--ts-config", str(config_path),
+           "--model-store", str(store), "--models", *specs]
+    output = None if inherit_output else open(log_dir / "torchserve.out", "ab")  # noqa: SIM115
+    try:
+        process = subprocess.Popen(cmd, cwd=run_dir, env=_environment(run_dir, log_dir), stdout=output,
+                                   stderr=subprocess.STDOUT if output else None, start_new_session=True)
+    finally:
+        if output:
+            output.close()
+    server = Server(
+        pid=process.pid, run_dir=run_dir, log_dir=log_dir, models=specs, process=process,
+        inference_url=_client_url(props["inference_address"]),
+        management_url=_client_url(props["management_address"]),
+        metrics_url=_client_url(props["metrics_address"]),
+    )
+    log.info("TorchServe starting (pid %d), logs in %s", process.pid, log_dir)
+    try:
+        server.save()
+        server.wait_ready(timeout)
+    except BaseException:  # includes the SIGTERM of a foreground run: leave nothing behind
+        server.stop()
+        raise
+    return server
+
+
+def _environment(run_dir: Path, log_dir: Path) -> Dict[str, str]:
+    env = dict(os.environ)
+    env.pop("TS_CONFIG_FILE", None)  # it would silently replace --ts-config
+    tmp = str(run_dir / "tmp")
+    env.update(LOG_LOCATION=str(log_dir), METRICS_LOCATION=str(log_dir), TMPDIR=tmp, TEMP=tmp)
+    return env
+
+
+def _refuse_if_running(run_dir: Path) -> None:
+    try:
+        server = Server.load(run_dir)
+    except ServeError:
+        return
+    if server.is_running():
+        raise ServeError(f"TorchServe is already running from {run_dir} (pid {server.pid}); "
+                         "`leakseg serve --stop` first")
+    (run_dir / STATE_FILE).unlink(missing_ok=True)  # left over by a crash
+
+
+class Stopped(BaseException):
+    """Raised in the main thread by SIGTERM/SIGINT once :func:`install_stop_signals` ran."""
+
+
+def install_stop_signals() -> None:
+    """Foreground mode: SIGTERM (docker stop) and SIGINT (Ctrl-C) become :class:`Stopped`, so
+    whatever is running - start() waiting for readiness, or serve_forever() - stops TorchServe."""
+
+    def _raise(signum, frame):
+        raise Stopped(signum)
+
+    signal.signal(signal.SIGTERM, _raise)
+    signal.signal(signal.SIGINT, _raise)
+
+
+def serve_forever(server: Server) -> int:
+    """Wait on TorchServe until a signal stops it (0) or it exits on its own (1)."""
+    install_stop_signals()
+    try:
+        server.process.wait()
+    except Stopped:
+        server.stop()
+        return 0
+    # The launcher exits 0 even when java dies: an exit nobody asked for is a failure.
+    log.error("TorchServe exited on its own; see %s/ts_log.log", server.log_dir)
+    server.stop()
+    return 1
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _bearer(key: str) -> Dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+#: Command-line marks of TorchServe's processes: the launcher, the java frontend, the workers.
+TORCHSERVE_MARKS = (LAUNCHER, "org.pytorch.serve.ModelServer", "ts/model_service_worker.py")
+
+
+def _group_alive(pgid: int, process: Optional[subprocess.Popen]) -> bool:
+    """Does the group still hold a live TorchServe process? (psutil: zombies would fool kill(2);
+    the command line check keeps a reused pid from looking like TorchServe.)"""
+    import psutil
+
+    if process is not None:
+        process.poll()  # reap our own child
+    for proc in psutil.process_iter(["status", "cmdline"]):
+        try:
+            if proc.info["status"] == psutil.STATUS_ZOMBIE or os.getpgid(proc.pid) != pgid:
+                continue
+        except (OSError, psutil.Error):
+            continue
+        command = " ".join(proc.info["cmdline"] or ())
+        if any(mark in command for mark in TORCHSERVE_MARKS):
+            return True
+    return False
+
+
+def log_tail(log_dir: PathLike, name: str = "ts_log.log", lines: int = 30) -> str:
+    path = Path(log_dir) / name
+    if not path.is_file():
+        return f"({path} not written)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
