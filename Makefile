@@ -27,7 +27,7 @@ demo: setup
 	$(BIN)/leakseg export --checkpoint model_store/jvlgs-default --name jvlgs --output-dir model_store
 	$(BIN)/leakseg synth $(DEMO)/clips --clips 1 --frames 8 --size 240 320 --seed 20261122
 	$(BIN)/leakseg serve --model-store model_store --models jvlgs=jvlgs.mar
-	$(BIN)/leakseg segment --url http://127.0.0.1:8080 --model jvlgs $(DEMO)/clips/*/images/*.png \
+	$(BIN)/leakseg segment --url http://127.0.0.1:8080 --key-file .leakseg/serve/key_file.json --model jvlgs $(DEMO)/clips/*/images/*.png \
 		--out $(DEMO)/result.json --overlay $(DEMO)/overlay.gif; \
 		status=$$?; $(BIN)/leakseg serve --stop; exit $$status
 

@@ -22,6 +22,7 @@ COMMANDS = {
     "predict": "segment a clip in process with an archive; prints the same JSON the HTTP API returns",
     "schema": "print the JSON Schema of the wire contract",
     "segment": "send a clip to a running leakseg service and summarise the result",
+    "serve": "start or stop TorchServe with the models in the model store",
     "synth": "generate labelled synthetic infrared leak clips (SCENE/images, SCENE/masks)",
     "train": "train or fine-tune JVLGS on a folder of labelled clips (SCENE/images, SCENE/masks)",
     "evaluate": "J, F, J&F, false alarms and clip detection of an archive on a labelled dataset",

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -80,10 +81,10 @@ def effective_properties(config: PathLike, model_store: PathLike,
     props = read_properties(config)
     store = Path(model_store).resolve()
     props["model_store"] = str(store)
-    metrics = props.get("metrics_config")
-    if metrics:
-        path = Path(metrics) if Path(metrics).is_absolute() else config.parent / metrics
-        props["metrics_config"] = str(path if path.is_file() else PACKAGED_METRICS)
+    # Without leakseg's metrics.yaml TorchServe would drop the handler's metrics.
+    metrics = Path(props.get("metrics_config") or PACKAGED_METRICS)
+    metrics = metrics if metrics.is_absolute() else config.parent / metrics
+    props["metrics_config"] = str(metrics if metrics.is_file() else PACKAGED_METRICS)
     # Registration only from this model store; backslashes doubled for the .properties syntax.
     props["allowed_urls"] = ("file://" + re.escape(str(store)) + r"/[^/]+\.mar").replace("\\", "\\\\")
     props.update(overrides or {})
@@ -152,8 +153,12 @@ class Server:
         state.update(run_dir=Path(state["run_dir"]), log_dir=Path(state["log_dir"]))
         return cls(**state)
 
+    @property
+    def model_names(self) -> List[str]:
+        return [spec.split("=", 1)[0] for spec in self.models]
+
     def prediction_url(self, model: Optional[str] = None) -> str:
-        return f"{self.inference_url}/predictions/{model or self.models[0]}"
+        return f"{self.inference_url}/predictions/{model or self.model_names[0]}"
 
     # -- keys ---------------------------------------------------------------------------------
     def keys(self) -> Dict[str, str]:
@@ -174,25 +179,31 @@ class Server:
 
     def rotate_key(self, kind: str = "inference") -> str:
         """A new inference or management key through the management API's /token (needs the API key)."""
-        response = requests.post(f"{self.management_url}/token", params={"type": kind}, timeout=10,
-                                 headers=_bearer(self.keys()["API"]))
+        try:
+            response = requests.post(f"{self.management_url}/token", params={"type": kind}, timeout=10,
+                                     headers=_bearer(self.keys()["API"]))
+        except requests.RequestException as exc:
+            raise ServeError(f"key rotation failed: {exc}") from exc
         if response.status_code != 200:
             raise ServeError(f"key rotation failed: HTTP {response.status_code} {response.text.strip()}")
         return self.keys()[kind]
 
     # -- life ---------------------------------------------------------------------------------
     def is_running(self) -> bool:
+        # Our own child is asked directly: just after the fork its command line is still ours.
+        if self.process is not None and self.process.poll() is None:
+            return True
         return _group_alive(self.pid, self.process)
 
     def wait_ready(self, timeout: float = 300.0, interval: float = 0.5) -> None:
         """Until every model's workers are READY; ServeError if TorchServe exits or time runs out."""
         deadline = time.monotonic() + timeout
-        waiting = list(self.models)
+        waiting = self.model_names
         while waiting:
             if not self.is_running():
-                raise ServeError(f"TorchServe exited while starting; see {self.log_dir}/ts_log.log:\n"
-                                 + log_tail(self.log_dir))
-            waiting = [m for m in waiting if not self._model_ready(m.split("=", 1)[0])]
+                raise ServeError(f"TorchServe exited while starting; see {self.log_dir}:\n"
+                                 + log_tail(self.log_dir, "torchserve.out") + "\n" + log_tail(self.log_dir))
+            waiting = [name for name in waiting if not self._model_ready(name)]
             if waiting and time.monotonic() > deadline:
                 raise ServeError(f"models {waiting} not ready after {timeout:.0f} s; see {self.log_dir}/"
                                  "model_log.log:\n" + log_tail(self.log_dir, "model_log.log"))
@@ -212,8 +223,11 @@ class Server:
 
     def describe(self, model: Optional[str] = None, timeout: float = 10.0) -> dict:
         """POST {"describe": true}: proves a worker answers predictions (the health check)."""
-        response = requests.post(self.prediction_url(model), json={"describe": True}, timeout=timeout,
-                                 headers=_bearer(self.inference_key))
+        try:
+            response = requests.post(self.prediction_url(model), json={"describe": True}, timeout=timeout,
+                                     headers=_bearer(self.inference_key))
+        except requests.RequestException as exc:
+            raise ServeError(f"{self.prediction_url(model)}: {exc}") from exc
         if response.status_code != 200:
             raise ServeError(f"{self.prediction_url(model)}: HTTP {response.status_code} {response.text.strip()}")
         return response.json()
@@ -223,7 +237,7 @@ class Server:
 
         Only a group that still holds TorchServe processes is signalled (pids get reused).
         """
-        if _group_alive(self.pid, self.process):
+        if self.is_running():
             _signal_group(self.pid, signal.SIGTERM)
             deadline = time.monotonic() + timeout
             while _group_alive(self.pid, self.process) and time.monotonic() < deadline:
@@ -234,6 +248,7 @@ class Server:
                 time.sleep(1.0)
         for name in (STATE_FILE, KEY_FILE):  # stale keys must not look valid
             (self.run_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(self.run_dir / "tmp", ignore_errors=True)  # extracted archives, worker sockets
 
 
 def start(model_store: PathLike = "model_store", models: Optional[Sequence[str]] = None,
@@ -247,20 +262,12 @@ def start(model_store: PathLike = "model_store", models: Optional[Sequence[str]]
     """
     run_dir, log_dir, store = Path(run_dir).resolve(), Path(log_dir).resolve(), Path(model_store).resolve()
     _refuse_if_running(run_dir)
-    (run_dir / "tmp").mkdir(parents=True, exist_ok=True)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    props = effective_properties(config or default_config(), store, overrides)
-    config_path = write_properties(props, run_dir / "config.properties")
     specs = model_args(store, models)
-    cmd = [sys.executable, "-m", LAUNCHER, "--start", "--foreground", "--ncs", "--ts-config", str(config_path),
-           "--model-store", str(store), "--models", *specs]
-    output = None if inherit_output else open(log_dir / "torchserve.out", "ab")  # noqa: SIM115
-    try:
-        process = subprocess.Popen(cmd, cwd=run_dir, env=_environment(run_dir, log_dir), stdout=output,
-                                   stderr=subprocess.STDOUT if output else None, start_new_session=True)
-    finally:
-        if output:
-            output.close()
+    config = Path(config or default_config())
+    if not config.is_file():
+        raise ServeError(f"TorchServe config {config} not found; pass --config (the repository has one)")
+    props = effective_properties(config, store, overrides)
+    process = _launch(props, store, specs, run_dir, log_dir, inherit_output)
     server = Server(
         pid=process.pid, run_dir=run_dir, log_dir=log_dir, models=specs, process=process,
         inference_url=_client_url(props["inference_address"]),
@@ -275,6 +282,23 @@ def start(model_store: PathLike = "model_store", models: Optional[Sequence[str]]
         server.stop()
         raise
     return server
+
+
+def _launch(props: Mapping[str, str], store: Path, specs: Sequence[str], run_dir: Path, log_dir: Path,
+            inherit_output: bool) -> subprocess.Popen:
+    """TorchServe's launcher in the foreground, in its own process group, in the run folder."""
+    (run_dir / "tmp").mkdir(parents=True, exist_ok=True)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    config_path = write_properties(props, run_dir / "config.properties")
+    cmd = [sys.executable, "-m", LAUNCHER, "--start", "--foreground", "--ncs", "--ts-config", str(config_path),
+           "--model-store", str(store), "--models", *specs]
+    output = None if inherit_output else open(log_dir / "torchserve.out", "ab")  # noqa: SIM115
+    try:
+        return subprocess.Popen(cmd, cwd=run_dir, env=_environment(run_dir, log_dir), stdout=output,
+                                stderr=subprocess.STDOUT if output else None, start_new_session=True)
+    finally:
+        if output:
+            output.close()
 
 
 def _environment(run_dir: Path, log_dir: Path) -> Dict[str, str]:

@@ -239,15 +239,13 @@ class TrainResult:
     losses: List[float] = field(default_factory=list)  # per step
     epoch_losses: List[float] = field(default_factory=list)
     val: List[Dict] = field(default_factory=list)
-    best_score: Optional[float] = None
+    best_score: Optional[Tuple[float, float]] = None  # (J&F, -false-alarm rate)
     stopped: str = ""
 
 
-def _score(summary: Dict) -> float:
-    """Model selection: J&F on the held-out set minus the false-alarm rate in points."""
-    jf = summary.get("J&F") or 0.0
-    fa = summary.get("false_alarm_rate") or 0.0
-    return jf - 100.0 * fa
+def _score(summary: Dict) -> Tuple[float, float]:
+    """Model selection: the published J&F on the validation set; ties go to fewer false alarms."""
+    return summary.get("J&F") or 0.0, -(summary.get("false_alarm_rate") or 0.0)
 
 
 def train_step(model: JVLGS, optimizer, triplets: torch.Tensor, masks: torch.Tensor, text: torch.Tensor,
@@ -325,7 +323,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         running = []
         for i in range(0, len(order), cfg.batch_size):
             elapsed = time.monotonic() - t0
-            if budget is not None and elapsed >= budget:
+            if budget is not None and elapsed >= budget and result.steps > 0:
                 result.stopped = f"time budget of {cfg.max_minutes} min reached"
                 break
             if result.steps >= total:
@@ -369,7 +367,5 @@ def train(cfg: TrainConfig) -> TrainResult:
         bar.close()
     result.seconds = time.monotonic() - t0
     result.stopped = result.stopped or "all steps done"
-    if not val_clips and (out / "last").exists():
-        pass  # "best" is only defined with a validation set
     (out / "train_log.json").write_text(json.dumps(asdict(result), indent=1) + "\n")
     return result

@@ -9,16 +9,17 @@ rootdir conftest, so import them)::
         served = torchserve_server
         requests.post(served.prediction_url, headers=served.auth, json={"describe": True})
 
-``torchserve_server`` is session-scoped: TorchServe starts once (about 20-40 s on 2 cores) and
-is stopped by its process group at the end of the session. It serves the ``onnx_archive``
-fixture's tiny.mar (tests/conftest.py) with token authorization ON, on free loopback ports,
-with dynamic batching (batchSize 4, maxBatchDelay 200 ms: concurrent requests share a batch),
-its own run folder (key_file.json, effective config.properties) and log folder.
+``torchserve_server`` is session-scoped: TorchServe starts once per session (about 10-40 s on
+2 cores), however many modules import the fixture, and is stopped by its process group at the
+end of the session. It serves the ``onnx_archive`` fixture's tiny.mar (tests/conftest.py) with
+token authorization ON, on free loopback ports, with dynamic batching (batchSize 4,
+maxBatchDelay 200 ms: concurrent requests share a batch), its own run folder (key_file.json,
+effective config.properties) and log folder. The handler logs one line per batch,
+"batch of N request(s): <request ids>", to ``served.log_dir / "model_log.log"``.
 """
 
 from __future__ import annotations
 
-import shutil
 import socket
 import zipfile
 from dataclasses import dataclass
@@ -127,17 +128,26 @@ def loopback_overrides() -> Dict[str, str]:
     }
 
 
+#: The one TorchServe of the session. A fixture imported into several modules gets one
+#: FixtureDef per module, so pytest would call it once per module: the server is shared here.
+_shared: Dict[Path, ServedModel] = {}
+
+
+def _start(onnx_archive: Path, root: Path) -> ServedModel:
+    store = root / "model_store"
+    archive = with_model_config(onnx_archive, store, batchSize=BATCH_SIZE, maxBatchDelay=MAX_BATCH_DELAY_MS)
+    server = serve.start(store, [f"{archive.stem}={archive.name}"], serve.REPO_CONFIG, root / "logs", root / "run",
+                         loopback_overrides(), timeout=240)
+    return ServedModel(server, archive.stem, archive)
+
+
 @pytest.fixture(scope="session")
 def torchserve_server(onnx_archive, tmp_path_factory):
     """A running TorchServe serving tiny.mar; yields a :class:`ServedModel`."""
-    root = tmp_path_factory.mktemp("torchserve")
-    store = root / "model_store"
-    archive = with_model_config(onnx_archive, store, batchSize=BATCH_SIZE, maxBatchDelay=MAX_BATCH_DELAY_MS)
-    model = archive.stem
-    server = serve.start(store, [f"{model}={archive.name}"], serve.REPO_CONFIG, root / "logs", root / "run",
-                         loopback_overrides(), timeout=240)
+    if onnx_archive not in _shared:
+        _shared[onnx_archive] = _start(onnx_archive, tmp_path_factory.mktemp("torchserve"))
+    served = _shared[onnx_archive]
     try:
-        yield ServedModel(server, model, archive)
-    finally:
-        server.stop()
-        shutil.rmtree(root / "run" / "tmp", ignore_errors=True)  # extracted archives
+        yield served
+    finally:  # session end: stopping twice is harmless (stop() only signals a live TorchServe)
+        served.server.stop()

@@ -77,8 +77,8 @@ def _start(serve, args):
 
 def _print_ready(server, run_dir):
     print(f"TorchServe is ready (pid {server.pid}, logs in {server.log_dir})")
-    for spec in server.models:
-        print(f"  POST {server.prediction_url(spec.split('=', 1)[0])}")
+    for name in server.model_names:
+        print(f"  POST {server.prediction_url(name)}")
     print(f"  token:   leakseg serve --print-token --run-dir {run_dir}   (the \"inference\" key of {server.key_file})")
     print(f"  metrics: {server.metrics_url}/metrics")
     print(f"  stop:    leakseg serve --stop --run-dir {run_dir}")
@@ -100,8 +100,8 @@ def _stop(serve, run_dir):
 
 
 def _check(server):
-    for spec in server.models:
-        server.describe(spec.split("=", 1)[0])
+    for name in server.model_names:
+        server.describe(name)
     print("healthy")
     return 0
 

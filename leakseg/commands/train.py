@@ -15,7 +15,7 @@ Writes OUT/last and, with --val, OUT/best (native checkpoints, export with `leak
 
 examples:
   leakseg train data/igs-few --init IGS-Few_best.pth --few-shot 30 --val data/val --out runs/ft
-  leakseg train /tmp/synth --backbone pvt_v2_b0 --size 176 --max-minutes 25 --val /tmp/val --out runs/b0
+  leakseg train /tmp/synth --backbone pvt_v2_b0 --size 256 --max-minutes 25 --val /tmp/val --out runs/b0
 """
 
 from pathlib import Path
@@ -44,7 +44,8 @@ def add_arguments(parser):
     parser.add_argument("--batch-size", type=_positive(int), default=6, help="triplets per step (default 6)")
     parser.add_argument("--lr", type=_positive(float), default=1e-4, help="Adam learning rate (default 1e-4)")
     parser.add_argument("--size", type=_positive(int), default=352,
-                        help="training resolution (default 352); the saved config keeps input_size 352")
+                        help="training resolution (default 352; at least 225, where the stride-32 features reach 8x8); "
+                             "the saved config keeps input_size 352 for export")
     parser.add_argument("--few-shot", type=_positive(int), metavar="N",
                         help="at most N labelled frames per video, spread evenly (the IGS-Few setting: 30)")
     parser.add_argument("--max-minutes", type=_positive(float), metavar="M",

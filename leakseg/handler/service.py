@@ -17,7 +17,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, List, Optional, Union
+from typing import List, Optional, Union
 
 import numpy as np
 
@@ -79,6 +79,7 @@ class LeakSegHandler:
     # --- serving -------------------------------------------------------------------------------
     def handle(self, data: List[dict], context) -> List[str]:
         ids = [_request_id(context, i) for i in range(len(data))]
+        log.info("batch of %d request(s): %s", len(ids), " ".join(ids))  # ties request ids to batches
         try:
             outcomes = self._outcomes(data, context, ids)
         except Exception:  # noqa: BLE001 - never let a batch fail as TorchServe's bare 503
@@ -194,15 +195,19 @@ def _request_id(context, idx: int) -> str:
 
 
 def _pin_gpu(gpu_id: Optional[int]) -> str:
-    """The device for the runtime. TorchServe assigns each worker a GPU index; the runtime takes
-    only "cuda" (device 0), so the worker's GPU is made device 0 through CUDA_VISIBLE_DEVICES,
-    which works because nothing has initialised CUDA in this process yet."""
+    """The device for the runtime: "cpu" when TorchServe gave this worker no GPU, else "auto".
+
+    TorchServe assigns each worker a GPU index, but the runtime knows only "cuda" (device 0):
+    the worker's GPU is made its device 0 through CUDA_VISIBLE_DEVICES, which works because
+    nothing has initialised CUDA in this process yet. "auto" falls back to the CPU (the log's
+    "ready" line names the provider) rather than failing the worker when CUDA is unusable.
+    """
     if gpu_id is None:
         return "cpu"
     visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
     index = int(gpu_id)
     os.environ["CUDA_VISIBLE_DEVICES"] = visible[index] if index < len(visible) else str(index)
-    return "cuda"
+    return "auto"
 
 
 def _threads(context) -> int:

@@ -1,0 +1,183 @@
+"""leakseg.train: the published loss, identical triplet augmentation, few-shot caps, and real steps."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from numpy.lib.stride_tricks import sliding_window_view
+
+from leakseg.data.augment import AugmentConfig, AugmentParams, augment_triplet
+from leakseg.data.synth import write_clip, write_dataset
+from leakseg.train import (
+    TrainConfig, TripletSet, few_shot_indices, load_clips, load_start, min_input_size, scratch_prompt_bank,
+    structure_loss, train, train_step,
+)
+
+SIZE = 232  # the smallest multiple of 8 the network takes (its stride-32 map must be >= 8 x 8)
+
+
+def _hand_loss(logits: np.ndarray, mask: np.ndarray) -> float:
+    """REFERENCE.md's formula, spelled out in float64 numpy: 31x31 box filter with zero padding."""
+    total = 0.0
+    for z, m in zip(logits[:, 0].astype(np.float64), mask[:, 0].astype(np.float64)):
+        box = sliding_window_view(np.pad(m, 15), (31, 31)).sum(axis=(2, 3)) / 961.0
+        w = 1 + 5 * np.abs(box - m)
+        bce = np.maximum(z, 0) - z * m + np.log1p(np.exp(-np.abs(z)))
+        wbce = (w * bce).sum() / w.sum()
+        p = 1 / (1 + np.exp(-z))
+        inter = (w * p * m).sum()
+        union = (w * (p + m)).sum()
+        total += wbce + 1 - (inter + 1) / (union - inter + 1)
+    return total / len(logits)
+
+
+def test_loss_equals_hand_computation():
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0, 2, (3, 1, 40, 36)).astype(np.float32)
+    mask = np.zeros((3, 1, 40, 36), np.float32)
+    mask[0, 0, 5:20, 8:30] = 1
+    mask[1, 0, 30:, :10] = 1  # item 2 has no gas at all
+    got = float(structure_loss(torch.from_numpy(logits), torch.from_numpy(mask)))
+    assert got == pytest.approx(_hand_loss(logits, mask), rel=1e-5)
+    # the boundary weighting matters: the unweighted loss is a different number
+    flat = float(torch.nn.functional.binary_cross_entropy_with_logits(torch.from_numpy(logits), torch.from_numpy(mask)))
+    assert abs(got - flat) > 1e-3
+
+
+def test_perfect_prediction_has_small_loss():
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., 8:24, 8:24] = 1
+    good = structure_loss((mask * 2 - 1) * 20, mask)
+    bad = structure_loss((1 - mask * 2) * 20, mask)
+    assert float(good) < 0.01 < 1.0 < float(bad)
+
+
+def _blob_frame(h=48, w=64):
+    img = np.zeros((h, w), np.uint8)
+    img[6:30, 4:22] = 255  # asymmetric, off-centre: flips and rotations move it
+    img[30:40, 40:60] = 255
+    return img
+
+
+def test_augmentation_is_identical_on_the_three_frames_and_follows_the_mask():
+    base = _blob_frame()
+    params = AugmentParams(flip=True, angle=12.0, brightness=1.15, contrast=0.85, sharpness=1.2)
+    frames, mask = augment_triplet([base, base.copy(), base.copy()], base > 0, params)
+    assert np.array_equal(frames[0], frames[1]) and np.array_equal(frames[0], frames[2])
+    assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
+    # the mask moved with the frames: thresholded frame and mask agree away from the blob edges
+    agree = ((frames[0] > 127) == (mask > 0)).mean()
+    assert agree > 0.97
+    assert ((mask > 0) != (base > 0)).mean() > 0.05  # and the transform did something
+    # flipping alone is exact on frames and mask
+    f2, m2 = augment_triplet([base] * 3, base > 0, AugmentParams(flip=True))
+    assert all(np.array_equal(f, base[:, ::-1]) for f in f2) and np.array_equal(m2 > 0, base[:, ::-1] > 0)
+
+
+def test_sampled_augmentation_is_shared_by_the_triplet(tmp_path):
+    """Through TripletSet: random parameters, drawn once per sample, applied to all three frames."""
+    base = _blob_frame()
+    write_clip(tmp_path / "still", np.stack([base] * 4), np.stack([base > 0] * 4), {})
+    ts = TripletSet(load_clips(tmp_path), SIZE, AugmentConfig(flip_p=1.0, rotate_p=1.0))
+    rng = np.random.default_rng(0)
+    plain, _ = ts.get(0)
+    for i in range(3):
+        x, m = ts.get(i, rng)
+        assert np.array_equal(x[0], x[1]) and np.array_equal(x[0], x[2])
+        assert not np.allclose(x[0], plain[0])
+        assert ((x[0, 0] > 0) == (m[0] > 0.5)).mean() > 0.95
+
+
+def test_few_shot_cap(tmp_path):
+    picks = few_shot_indices(range(100), 30)
+    assert len(picks) == 30 == len(set(picks)) and picks == sorted(picks) and picks[0] == 0 and picks[-1] == 99
+    assert few_shot_indices([4, 1, 2], 30) == [1, 2, 4]
+    write_dataset(tmp_path, 3, seed=1, frames=7, height=32, width=32, leak_free_fraction=0, partial_fraction=0,
+                  progress=False)
+    # a partially labelled video: frames 0-2 lose their masks
+    for i in range(3):
+        (tmp_path / "synth_00001" / "masks" / f"{i:05d}.png").unlink()
+    clips = load_clips(tmp_path, few_shot=3)
+    assert [len(c.masks) for c in clips] == [3, 3, 3]
+    assert sorted(clips[1].masks) == [3, 5, 6]  # spread over the labelled frames only
+    assert all(len(c.frames) == 7 for c in clips)
+    assert len(TripletSet(clips, SIZE)) == 9
+    assert [len(c.masks) for c in load_clips(tmp_path)] == [7, 4, 7]
+
+
+def test_scratch_prompt_bank_is_fixed_and_orthogonal():
+    a, b = scratch_prompt_bank(), scratch_prompt_bank()
+    assert np.array_equal(a.embeddings, b.embeddings)
+    assert a.embeddings.shape == (4, 512)
+    gram = a.embeddings @ a.embeddings.T / 512
+    assert np.allclose(gram, np.eye(4), atol=1e-5)
+
+
+def test_min_input_size_is_the_real_limit():
+    s = min_input_size()
+    model, bank, _ = load_start(None)
+    text = torch.from_numpy(bank.matrix())[None]
+    with torch.no_grad():
+        model.forward_triplet(torch.zeros(1, 3, 3, s, s), text)
+        with pytest.raises(RuntimeError):
+            model.forward_triplet(torch.zeros(1, 3, 3, s - 1, s - 1), text)
+
+
+@pytest.fixture(scope="module")
+def tiny_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_train")
+    write_dataset(root, 2, seed=7, frames=4, height=48, width=48, leak_free_fraction=0, partial_fraction=0,
+                  progress=False)
+    return root
+
+
+def test_a_few_steps_reduce_the_loss(tiny_set):
+    torch.manual_seed(0)
+    model, bank, _ = load_start(None)
+    model.train()
+    text = torch.from_numpy(bank.matrix())[None]
+    x, m = TripletSet(load_clips(tiny_set), SIZE).batch([0, 5])
+    assert m.sum() > 0  # there is gas to learn
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = [train_step(model, opt, x, m, text) for _ in range(4)]
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < losses[0] - 0.02, losses
+
+
+def test_train_stops_on_the_time_budget_and_saves(tiny_set, tmp_path):
+    from leakseg.export.checkpoint import load_native
+
+    cfg = TrainConfig(data=str(tiny_set), val=str(tiny_set), out=str(tmp_path / "run"), size=SIZE, batch_size=2,
+                      max_minutes=1e-6, progress=False)
+    result = train(cfg)
+    assert result.steps == 1 and "time budget" in result.stopped
+    assert len(result.val) == 1 and result.val[0]["frames"] == 8
+    for name in ("best", "last"):
+        model, bank = load_native(tmp_path / "run" / name)
+        raw = json.loads((tmp_path / "run" / name / "config.json").read_text())
+        assert raw["input_size"] == 352 and raw["training"]["size"] == SIZE
+        assert "NOT OWLv2" in raw["prompt_bank_note"]
+        assert np.array_equal(bank.embeddings, scratch_prompt_bank().embeddings)
+    log = json.loads((tmp_path / "run" / "train_log.json").read_text())
+    assert len(log["losses"]) == 1
+
+
+def test_authors_checkpoint_start_uses_its_frozen_text_model(authors_checkpoint, onnx_archive, tiny_set):
+    """Fine-tuning from a .pth: the prompt embeddings are exactly what export precomputed from it."""
+    from leakseg.pipeline import Predictor
+
+    model, bank, info = load_start(str(authors_checkpoint))
+    exported = Predictor.from_archive(onnx_archive, device="cpu").bank
+    assert np.allclose(bank.matrix(), exported.matrix(), atol=1e-5)
+    assert bank.dim == model.config.text_dim == 64 and "frozen" in info["prompt_bank_note"]
+    assert not any(name.startswith("nlpmodel") or "text_model" in name for name, _ in model.named_parameters())
+    model.train()
+    text = torch.from_numpy(bank.matrix())[None]
+    x, m = TripletSet(load_clips(tiny_set), SIZE).batch([0])
+    before = model.vlf.visual_proj.weight.detach().clone()
+    train_step(model, torch.optim.Adam(model.parameters(), lr=1e-4), x, m, text)
+    assert not torch.equal(before, model.vlf.visual_proj.weight)
