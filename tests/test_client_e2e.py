@@ -335,7 +335,7 @@ def retry_log():
         logger.setLevel(level)
 
 
-def _relay(listener: socket.socket, target: tuple, stop: threading.Event) -> None:
+def _relay(listener: socket.socket, target: tuple, stop: threading.Event, accepted: List[int]) -> None:
     """Accept connections on ``listener`` and pipe each to ``target`` (a plain TCP relay)."""
 
     def pipe(src, dst):
@@ -362,6 +362,7 @@ def _relay(listener: socket.socket, target: tuple, stop: threading.Event) -> Non
             continue
         except OSError:
             return
+        accepted.append(1)
         upstream = socket.create_connection(target)
         for a, b in ((conn, upstream), (upstream, conn)):
             threading.Thread(target=pipe, args=(a, b), daemon=True).start()
@@ -379,28 +380,27 @@ def test_a_refused_connection_is_retried_into_a_real_answer(served, reference, r
     """Nothing listens at first; the port opens (relaying to TorchServe) during the first backoff."""
     port = _unused_port()
     target = ("127.0.0.1", int(served.inference_url.rsplit(":", 1)[1]))
-    stop = threading.Event()
+    stop, accepted = threading.Event(), []
 
     def open_late():
         if retry_log.first.wait(timeout=60):
             listener = socket.create_server(("127.0.0.1", port))
-            opened.set()
-            _relay(listener, target, stop)
+            _relay(listener, target, stop, accepted)
             listener.close()
 
-    opened = threading.Event()
     thread = threading.Thread(target=open_late, daemon=True)
     thread.start()
     try:
-        # backoff 1 s: the first wait is 0.5-1 s, ample time to open the port
+        # backoff 1 s: the first wait is 0.5-1 s, normally ample time to open the port
         with LeakSegClient(f"http://127.0.0.1:{port}", token=served.inference_token, model=served.model,
                            timeout=TIMEOUT, retries=3, backoff=1.0) as c:
             result = c.segment(np.stack(CLIPS["grey8"]), **NO_OPENING)
     finally:
         stop.set()
         thread.join(timeout=10)
-    assert opened.is_set()
-    assert [m.split(" in ")[0] for m in retry_log.messages] == ["retry 1/3"]
+    retries = [m.split(" in ")[0] for m in retry_log.messages]
+    assert retries[:1] == ["retry 1/3"]  # (a stalled machine may need a second one)
+    assert accepted  # the answer came through the port that refused the first try
     assert comparable(result) == comparable(reference("grey8"))
 
 
