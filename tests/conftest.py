@@ -12,6 +12,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("LEAKSEG_THREADS", "2")
 
+from serving import torchserve_server  # noqa: E402,F401  (one real TorchServe per session, see serving.py)
+
 SMALL_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
 
 
@@ -59,3 +61,17 @@ def onnx_archive(authors_checkpoint, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def torchscript_archive(authors_checkpoint, tmp_path_factory) -> Path:
     return _export(authors_checkpoint, tmp_path_factory.mktemp("model_store_ts"), "torchscript", "tiny_ts")
+
+
+@pytest.fixture(scope="session")
+def predictor(onnx_archive):
+    """In-process reference results for tiny.mar."""
+    from leakseg.pipeline import Predictor
+
+    return Predictor.from_archive(onnx_archive, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def served(torchserve_server):
+    """The session's TorchServe serving tiny.mar (short name for tests)."""
+    return torchserve_server

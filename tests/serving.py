@@ -1,9 +1,7 @@
 """A real TorchServe on loopback serving the test archive, for end-to-end tests (service, client SDK).
 
-Usage in a test module (fixtures cannot be shared through ``pytest_plugins`` outside the
-rootdir conftest, so import them)::
-
-    from serving import torchserve_server  # noqa: F401  (the fixture)
+tests/conftest.py imports the fixture, so every test module can ask for it (or for its short
+alias ``served``)::
 
     def test_something(torchserve_server):
         served = torchserve_server

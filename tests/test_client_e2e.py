@@ -38,7 +38,6 @@ from leakseg.client import (
 )
 from leakseg.pipeline import Predictor
 from leakseg.schema import ErrorCode, ErrorResponse
-from serving import torchserve_server  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.serve
 
@@ -49,16 +48,6 @@ NO_OPENING = {"opening_kernel": 0}
 
 
 # --- fixtures and helpers ------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def served(torchserve_server):  # noqa: F811
-    return torchserve_server
-
-
-@pytest.fixture(scope="module")
-def predictor(onnx_archive):
-    return Predictor.from_archive(onnx_archive, device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -17,11 +17,6 @@ from leakseg.pipeline import Predictor
 from leakseg.utils.rle import decode_rle
 
 
-@pytest.fixture(scope="module")
-def predictor(onnx_archive):
-    return Predictor.from_archive(onnx_archive, device="cpu")
-
-
 def _clip(seed, t=5, h=72, w=96):
     rng = np.random.default_rng(seed)
     base = rng.integers(0, 255, (h, w)).astype(np.float32)

@@ -28,20 +28,10 @@ from leakseg import serve
 from leakseg.export.archive import extract_archive
 from leakseg.pipeline import Predictor
 from leakseg.schema import ClipResult, ErrorResponse, ModelDescription
-from serving import loopback_overrides, torchserve_server  # noqa: F401 (fixture)
+from serving import loopback_overrides
 
 pytestmark = pytest.mark.serve
 TIMEOUT = 180  # seconds per request: 2 shared cores, a busy machine
-
-
-@pytest.fixture(scope="module")
-def served(torchserve_server):  # noqa: F811
-    return torchserve_server
-
-
-@pytest.fixture(scope="module")
-def predictor(onnx_archive):
-    return Predictor.from_archive(onnx_archive, device="cpu")
 
 
 # --- helpers -------------------------------------------------------------------------------------
