@@ -128,3 +128,27 @@ def test_text_model_folder_supplies_tokenizer_and_weights(tmp_path, authors_chec
     bank = PromptBank.load(extract_archive(mar, tmp_path / "h") / "prompt_bank.safetensors")
     expected = embed_prompts(text_model, load_tokenizer(text_dir), bank.defaults)
     np.testing.assert_allclose(bank.embeddings, expected, atol=1e-6)
+
+
+def test_postprocess_defaults_come_from_the_checkpoint_then_the_command(tmp_path):
+    from conftest import small_model
+    from leakseg.cli import main
+    from leakseg.export.checkpoint import save_native
+    from leakseg.prompts import PromptBank
+
+    model = small_model(seed=8)
+    prompts = model.config.prompts
+    bank = PromptBank(prompts, np.random.default_rng(2).normal(size=(4, 64)), prompts)
+    save_native(tmp_path / "ck", model, bank, extra={"postprocess": {"normalization": "absolute", "threshold": 0.6}})
+
+    def exported(*flags):
+        assert main(["export", "--checkpoint", str(tmp_path / "ck"), "--output-dir", str(tmp_path), *flags]) == 0
+        with zipfile.ZipFile(tmp_path / "jvlgs.mar") as zf:
+            return ArchiveManifest.model_validate_json(zf.read(MANIFEST_FILE)).postprocess
+
+    recommended = exported()
+    assert (recommended.normalization, recommended.threshold, recommended.opening_kernel) == ("absolute", 0.6, 9)
+    overridden = exported("--normalization", "minmax", "--opening-kernel", "5")
+    assert (overridden.normalization, overridden.threshold, overridden.opening_kernel) == ("minmax", 0.6, 5)
+    assert main(["export", "--checkpoint", str(tmp_path / "ck"), "--output-dir", str(tmp_path),
+                 "--threshold", "1.5"]) == 1

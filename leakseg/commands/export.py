@@ -39,12 +39,14 @@ def add_arguments(parser):
     parser.add_argument("--max-batch-delay", type=int, default=50, help="ms TorchServe waits to fill a batch")
     parser.add_argument("--workers", type=int, default=1, help="TorchServe workers for this model")
     parser.add_argument("--max-frames", type=int, default=32, help="frames per request (default 32)")
-    post = parser.add_argument_group("post-processing defaults stored in the archive (requests may override)")
-    post.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")
-    post.add_argument("--normalization", choices=["minmax", "absolute"], default="minmax",
-                      help="minmax rescales each frame to [0, 1] first, as published (default); absolute "
-                           "thresholds the sigmoid itself, so a leak-free frame stays empty without the opening")
-    post.add_argument("--opening-kernel", type=int, default=9, help="elliptical opening size, 0 = off (default 9)")
+    post = parser.add_argument_group(
+        "post-processing defaults stored in the archive (requests may override them; unset ones come from "
+        "a native checkpoint's config.json \"postprocess\", else the published values)")
+    post.add_argument("--threshold", type=float, help="probability threshold (published: 0.5)")
+    post.add_argument("--normalization", choices=["minmax", "absolute"],
+                      help="minmax rescales each frame to [0, 1] first (published); absolute thresholds the "
+                           "sigmoid itself, so a leak-free frame stays empty even where the opening misses")
+    post.add_argument("--opening-kernel", type=int, help="elliptical opening size, 0 = off (published: 9)")
 
 
 def run(args):
@@ -53,7 +55,6 @@ def run(args):
     from leakseg.export.checkpoint import CheckpointError
     from leakseg.export.pipeline import ExportOptions, export_archive
     from leakseg.manifest import ClipLimits
-    from leakseg.schema import ClipOptions
 
     try:
         opts = ExportOptions(
@@ -61,9 +62,10 @@ def run(args):
             output_dir=args.output_dir, prompts=args.prompts, extra_prompts=args.extra_prompts,
             text_model_dir=args.text_model, batch_size=args.batch_size, max_batch_delay_ms=args.max_batch_delay,
             workers=args.workers, limits=ClipLimits(max_frames=args.max_frames),
-            postprocess=ClipOptions(threshold=args.threshold, normalization=args.normalization,
-                                    opening_kernel=args.opening_kernel),
+            postprocess={k: v for k, v in (("threshold", args.threshold), ("normalization", args.normalization),
+                                           ("opening_kernel", args.opening_kernel)) if v is not None},
         )
+        opts.postprocess_defaults()  # a bad value fails here, before any work
         mar = export_archive(opts)
     except (CheckpointError, ValueError, RuntimeError, FileNotFoundError) as exc:
         logging.getLogger("leakseg.export").error("%s", exc)

@@ -237,6 +237,14 @@ def save_native(out_dir: Union[str, Path], model: JVLGS, bank: PromptBank, extra
     return out
 
 
+def native_postprocess_defaults(path: Union[str, Path]) -> dict:
+    """Post-processing defaults a native checkpoint recommends (config.json "postprocess"), if any."""
+    p = Path(path)
+    if not is_native_checkpoint(p):
+        return {}
+    return dict(json.loads((p / NATIVE_CONFIG).read_text()).get("postprocess") or {})
+
+
 def load_native(path: Union[str, Path]) -> Tuple[JVLGS, PromptBank]:
     from safetensors.torch import load_file
 

@@ -31,7 +31,14 @@ class ExportOptions:
     max_batch_delay_ms: int = 50
     workers: int = 1
     limits: ClipLimits = field(default_factory=ClipLimits)
-    postprocess: ClipOptions = field(default_factory=ClipOptions)
+    #: Options set on the command line; the rest come from the checkpoint's recommendation
+    #: (native config.json "postprocess"), else the published defaults.
+    postprocess: dict = field(default_factory=dict)
+
+    def postprocess_defaults(self) -> ClipOptions:
+        from leakseg.export.checkpoint import native_postprocess_defaults
+
+        return ClipOptions(**{**native_postprocess_defaults(self.checkpoint), **self.postprocess})
 
 
 class _Steps:
@@ -101,6 +108,7 @@ def export_archive(opts: ExportOptions) -> Path:
 
     if opts.format not in GRAPH_FILES:
         raise ValueError(f"--format must be one of {sorted(GRAPH_FILES)}")
+    postprocess = opts.postprocess_defaults()
     steps = _Steps(5)
     steps.start(f"importing {opts.checkpoint}")
     model, bank, text_model = import_model(opts)
@@ -133,7 +141,7 @@ def export_archive(opts: ExportOptions) -> Path:
             format=opts.format,
             graph_file=graph_path.name,
             config=config,
-            postprocess=opts.postprocess,
+            postprocess=postprocess,
             limits=opts.limits,
             checkpoint=Path(opts.checkpoint).name,
             checkpoint_sha256=checkpoint_sha256(opts.checkpoint),
