@@ -10,8 +10,10 @@ are used as they are. Only numpy and Pillow are needed here.
 from __future__ import annotations
 
 import io
+import re
 import zipfile
-from typing import List, Sequence
+from pathlib import Path
+from typing import List, Sequence, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -22,6 +24,21 @@ from leakseg.schema import ErrorCode
 #: The percentiles of the clip-level stretch for 16-bit and float input.
 STRETCH_PERCENTILES = (0.5, 99.5)
 SUPPORTED_DTYPES = (np.uint8, np.uint16, np.float32)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+def natural_key(path: Path) -> list:
+    """Sort key for file names with numbers in them: frame2 before frame10."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
+
+
+def list_image_files(folder: Union[str, Path]) -> List[Path]:
+    """Image files (PNG, JPEG, TIFF, BMP) in a folder, in natural order; [] for a missing folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(files, key=natural_key)
 
 
 def _image_to_array(img: Image.Image) -> np.ndarray:
@@ -84,12 +101,20 @@ def check_frame(frame: np.ndarray, field: str) -> None:
 
 
 def to_uint8_clip(frames: Sequence[np.ndarray]) -> List[np.ndarray]:
-    """The clip in 8 bits: uint8 frames unchanged, anything else by the clip-level stretch."""
+    """The clip in 8 bits: uint8 frames unchanged, anything else by the clip-level stretch.
+
+    Percentiles come from the clip's finite values; NaN and -inf map to 0 and +inf to 255 (the
+    service refuses non-finite frames before this; overlays of arbitrary arrays rely on it).
+    """
     if all(f.dtype == np.uint8 for f in frames):
         return list(frames)
     # The percentiles come from the whole clip at once (all dtypes promoted to float32).
     stack = [f.astype(np.float32, copy=False) for f in frames]
     sample = np.concatenate([s.ravel() for s in stack])
-    lo, hi = np.percentile(sample, STRETCH_PERCENTILES)
+    sample = sample[np.isfinite(sample)]
+    lo, hi = np.percentile(sample, STRETCH_PERCENTILES) if sample.size else (0.0, 0.0)
     scale = 255.0 / (hi - lo) if hi > lo else 0.0
-    return [np.clip(np.rint((s - lo) * scale), 0, 255).astype(np.uint8) for s in stack]
+    return [
+        np.clip(np.rint(np.nan_to_num((s - lo) * scale, nan=0.0, posinf=255.0, neginf=0.0)), 0, 255).astype(np.uint8)
+        for s in stack
+    ]

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from leakseg.client.inputs import Frames, load_frames
+from leakseg.frames import to_uint8_clip
 from leakseg.schema import ClipResult
 
 RGB = Tuple[int, int, int]
@@ -80,13 +81,7 @@ def write_overlays(images: Sequence[Image.Image], out: Union[str, Path], *, fps:
 
 def to_uint8_rgb(clip: np.ndarray) -> np.ndarray:
     """T x H x W x 3 uint8 view of a clip; non-uint8 clips are stretched by their 0.5/99.5 percentiles."""
-    if clip.dtype != np.uint8:
-        values = clip.astype(np.float32)
-        finite = values[np.isfinite(values)]
-        lo, hi = np.percentile(finite, [0.5, 99.5]) if finite.size else (0.0, 1.0)
-        scale = 255.0 / max(float(hi - lo), 1e-6)
-        values = np.nan_to_num((values - lo) * scale, nan=0.0, posinf=255.0, neginf=0.0)
-        clip = np.clip(values, 0, 255).round().astype(np.uint8)
+    clip = np.stack(to_uint8_clip(list(clip)))  # the service's own clip-level rule
     if clip.ndim == 3:
         clip = np.repeat(clip[..., None], 3, axis=-1)
     return clip

@@ -20,7 +20,6 @@ import base64
 import io
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union
@@ -29,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from leakseg.client.errors import InvalidInput
+from leakseg.frames import IMAGE_SUFFIXES, list_image_files
 from leakseg.schema import ClipOptions, ErrorCode
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -36,7 +36,6 @@ PathLike = Union[str, "os.PathLike[str]"]
 Frames = Union[PathLike, np.ndarray, Image.Image, Sequence[Any]]
 Form = Literal["multipart", "json"]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 CLIP_SUFFIXES = (".npy", ".npz")
 ARRAY_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
 
@@ -185,12 +184,6 @@ def load_frames(frames: Frames) -> np.ndarray:
     return _stack([_decode_image(f.content, f.filename) for f in clip], "image")
 
 
-def list_image_folder(folder: PathLike) -> List[Path]:
-    """Image files (PNG, JPEG, TIFF, BMP) in a folder, in natural order (frame2 before frame10)."""
-    files = [p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-    return sorted(files, key=_natural_key)
-
-
 # --------------------------------------------------------------------------------------------
 # collecting frames
 
@@ -212,7 +205,7 @@ def _collect(frames: Frames) -> _Clip:
 
 def _collect_path(path: Path) -> _Clip:
     if path.is_dir():
-        files = list_image_folder(path)
+        files = list_image_files(path)
         if not files:
             raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
         return [_read_image_file(p) for p in files]
@@ -422,6 +415,3 @@ def _decode_image(content: bytes, name: str) -> np.ndarray:
             return np.asarray(img.convert("L"))
         return np.asarray(img.convert("RGB"))
 
-
-def _natural_key(path: Path) -> List[Any]:
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]

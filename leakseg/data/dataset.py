@@ -8,37 +8,27 @@ ringing around 0/255 masks.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import List, Optional, Tuple, Union
 
 import numpy as np
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+from leakseg.frames import list_image_files, natural_key
+
 PathLike = Union[str, Path]
-
-
-def _natural_key(path: Path):
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.stem)]
-
-
-def _images_in(folder: Path) -> List[Path]:
-    if not folder.is_dir():
-        return []
-    return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS), key=_natural_key)
 
 
 def list_scenes(root: PathLike) -> List[Path]:
     """Scene folders under ``root`` (those with an ``images`` folder), in natural order."""
     root = Path(root)
-    return sorted((d for d in root.iterdir() if (d / "images").is_dir()), key=_natural_key)
+    return sorted((d for d in root.iterdir() if (d / "images").is_dir()), key=natural_key)
 
 
 def scene_frames(scene_dir: PathLike) -> List[Tuple[Path, Optional[Path]]]:
     """(image, mask or None) for every frame of a scene, in order."""
     scene_dir = Path(scene_dir)
-    masks = {p.stem: p for p in _images_in(scene_dir / "masks")}
-    return [(p, masks.get(p.stem)) for p in _images_in(scene_dir / "images")]
+    masks = {p.stem: p for p in list_image_files(scene_dir / "masks")}
+    return [(p, masks.get(p.stem)) for p in list_image_files(scene_dir / "images")]
 
 
 def read_image(path: PathLike) -> np.ndarray:
