@@ -4,6 +4,10 @@ As published (JVLGS): per frame, frames whose prediction and ground truth are *b
 J is the IoU and F the pixel F1 (Dice) of the mask, not the DAVIS contour F. Mean J, mean F and
 J&F = (J + F) / 2 are in percent and averaged over all scored frames of all videos (not per video first).
 
+The same scores on the frames whose ground truth has gas only ("leak frames": J, F and J&F there are
+what the model's segmentation is worth when there is something to segment; the overall numbers also
+charge a false alarm on a leak-free frame as J = F = 0).
+
 What a plant also cares about:
 
 * false-alarm rate: of the ground-truth leak-free frames, the share whose predicted mask is non-empty;
@@ -46,6 +50,8 @@ def frame_scores(pred: np.ndarray, gt: np.ndarray):
 class _Video:
     j: list = field(default_factory=list)  # per scored frame
     f: list = field(default_factory=list)
+    leak_j: list = field(default_factory=list)  # per frame with gas in the ground truth
+    leak_f: list = field(default_factory=list)
     frames: int = 0
     leak_free_frames: int = 0
     false_alarm_frames: int = 0
@@ -75,6 +81,8 @@ class SegmentationMetrics:
         v = self._videos.setdefault(video_name, _Video())
         v.j += j[scored].tolist()
         v.f += f[scored].tolist()
+        v.leak_j += j[gt_any].tolist()
+        v.leak_f += f[gt_any].tolist()
         v.frames += len(scored)
         v.leak_free_frames += int((~gt_any).sum())
         v.false_alarm_frames += int((~gt_any & pred_any).sum())
@@ -91,6 +99,10 @@ class SegmentationMetrics:
         f = [x for v in vids for x in v.f]
         mean_j = 100 * float(np.mean(j)) if j else None
         mean_f = 100 * float(np.mean(f)) if f else None
+        leak_j = [x for v in vids for x in v.leak_j]
+        leak_f = [x for v in vids for x in v.leak_f]
+        lj = 100 * float(np.mean(leak_j)) if leak_j else None
+        lf = 100 * float(np.mean(leak_f)) if leak_f else None
         leak_free = sum(v.leak_free_frames for v in vids)
         alarms = sum(v.false_alarm_frames for v in vids)
         tp = sum(v.has_leak and v.detected for v in vids)
@@ -99,6 +111,7 @@ class SegmentationMetrics:
         return {
             "J": mean_j, "F": mean_f, "J&F": None if mean_j is None else (mean_j + mean_f) / 2,
             "videos": len(vids), "frames": sum(v.frames for v in vids), "scored_frames": len(j),
+            "leak_J": lj, "leak_F": lf, "leak_J&F": None if lj is None else (lj + lf) / 2, "leak_frames": len(leak_j),
             "leak_free_frames": leak_free, "false_alarm_frames": alarms,
             "false_alarm_rate": _ratio(alarms, leak_free),
             "clip_tp": tp, "clip_fp": fp, "clip_fn": fn, "clip_tn": len(vids) - tp - fp - fn,
@@ -126,6 +139,8 @@ def format_table(summary: Mapping, per_video: Optional[Mapping[str, Mapping]] = 
     lines += [
         f"J {_fmt(s['J'])}  F {_fmt(s['F'])}  J&F {_fmt(s['J&F'])}  "
         f"({s['scored_frames']} of {s['frames']} frames scored, {s['videos']} videos)",
+        f"on the {s['leak_frames']} frames with gas: J {_fmt(s['leak_J'])}  F {_fmt(s['leak_F'])}  "
+        f"J&F {_fmt(s['leak_J&F'])}",
         f"false-alarm rate {_fmt(s['false_alarm_rate'], True)} "
         f"({s['false_alarm_frames']} of {s['leak_free_frames']} leak-free frames)",
         f"clip detection: precision {_fmt(s['clip_precision'], True)}, recall {_fmt(s['clip_recall'], True)} "

@@ -70,6 +70,22 @@ def test_false_alarms():
     assert m.per_video()["b"]["false_alarm_frames"] == 2
     # A false alarm is also a scored frame with J = F = 0.
     assert s["scored_frames"] == 4 and s["J"] == pytest.approx(25.0)
+    # On the frames with gas only (one frame, exact), the alarms do not count.
+    assert s["leak_frames"] == 1 and s["leak_J"] == s["leak_F"] == s["leak_J&F"] == pytest.approx(100.0)
+    assert "on the 1 frames with gas: J 100.00" in format_table(s)
+
+
+def test_scores_on_frames_with_gas():
+    """Frames 0 and 2 have gas (J 1/3, F 1/2; a miss: 0, 0); frame 1 is a false alarm; frame 3 is skipped."""
+    pred = masks([[1, 1, 0], [0, 0, 0]], [[0, 0, 1], [0, 0, 0]], EMPTY, EMPTY)
+    gt = masks([[0, 1, 1], [0, 0, 0]], EMPTY, [[1, 0, 0], [0, 0, 0]], EMPTY)
+    m = SegmentationMetrics()
+    m.update("clip", pred, gt)
+    s = m.summary()
+    assert s["leak_frames"] == 2
+    assert s["leak_J"] == pytest.approx(100 * (1 / 3) / 2) and s["leak_F"] == pytest.approx(100 * (1 / 2) / 2)
+    assert s["leak_J&F"] == pytest.approx((s["leak_J"] + s["leak_F"]) / 2)
+    assert s["J"] == pytest.approx(100 * (1 / 3) / 3)  # overall: three scored frames, the alarm at 0
 
 
 def test_clip_level_precision_and_recall():

@@ -111,6 +111,22 @@ def test_plume_is_visible_where_the_mask_says():
         assert inside > 2 * noise, (seed, inside, noise)
 
 
+def test_gas_at_the_mask_edge_stands_out_of_the_noise():
+    """The label marks visible gas: even its outermost pixels differ from the gas-free scene by several
+    noise sigmas (the datasets this imitates are labelled by eye)."""
+    for seed in range(4):
+        clip = simulate_clip(seed, **SMALL)
+        m = clip.masks
+        interior = np.zeros_like(m)
+        interior[:, 1:-1, 1:-1] = m[:, :-2, 1:-1] & m[:, 2:, 1:-1] & m[:, 1:-1, :-2] & m[:, 1:-1, 2:]
+        edge = m & ~interior
+        diff = np.abs(clip.frames.astype(np.float32) - clip.background)
+        noise = clip.meta["camera"]["noise_sigma"] * abs(clip.meta["camera"]["gain"])
+        assert 4.0 <= clip.meta["camera"]["edge_snr"] <= 8.0
+        assert edge.sum() > 100 and diff[edge].mean() > 4 * noise, (seed, diff[edge].mean() / noise)
+        assert diff[~m].mean() < 1.5 * noise  # outside: noise, fixed pattern and jitter only
+
+
 def test_written_layout_round_trips(tmp_path):
     scenes = write_dataset(tmp_path, 4, seed=3, frames=5, height=64, width=80, leak_free_fraction=0.25,
                            partial_fraction=0.5, bit_depth=16, progress=False)

@@ -12,9 +12,10 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from leakseg.data.augment import AugmentConfig, AugmentParams, augment_triplet
 from leakseg.data.synth import write_clip, write_dataset
+from leakseg.model import triplet_neighbours
 from leakseg.train import (
-    TrainConfig, TripletSet, few_shot_indices, load_clips, load_start, min_input_size, scratch_prompt_bank,
-    structure_loss, train, train_step,
+    ClipSet, TrainConfig, TripletSet, clip_step, few_shot_indices, load_clips, load_start, min_input_size,
+    scratch_prompt_bank, structure_loss, train, train_step,
 )
 
 SIZE = 232  # the smallest multiple of 8 the network takes (its stride-32 map must be >= 8 x 8)
@@ -181,3 +182,105 @@ def test_authors_checkpoint_start_uses_its_frozen_text_model(authors_checkpoint,
     before = model.vlf.visual_proj.weight.detach().clone()
     train_step(model, torch.optim.Adam(model.parameters(), lr=1e-4), x, m, text)
     assert not torch.equal(before, model.vlf.visual_proj.weight)
+
+
+def test_clip_batches_offset_neighbours_and_target_only_labelled_frames(tmp_path):
+    write_dataset(tmp_path, 2, seed=3, frames=5, height=40, width=40, leak_free_fraction=0, partial_fraction=0,
+                  progress=False)
+    (tmp_path / "synth_00001" / "masks" / "00002.png").unlink()
+    cs = ClipSet(load_clips(tmp_path), SIZE)
+    assert len(cs) == 2 and cs.targets == 9
+    x, m, targets, nb = cs.batch([0, 1])
+    assert x.shape == (10, 3, SIZE, SIZE) and m.shape == (9, 1, SIZE, SIZE)
+    assert targets.tolist() == [0, 1, 2, 3, 4, 5, 6, 8, 9]
+    rule = np.asarray(triplet_neighbours(5))
+    assert np.array_equal(nb.numpy(), np.concatenate([rule, rule + 5]))
+
+
+def test_clip_samples_give_the_triplet_loss(tiny_set):
+    """Same inputs, same targets: a clip step's loss is the mean of its triplets' losses."""
+    torch.manual_seed(0)
+    model, bank, _ = load_start(None)
+    model.eval()  # no dropout, so both ways see the same network
+    text = torch.from_numpy(bank.matrix())[None]
+    clips = load_clips(tiny_set)
+    x, m, targets, nb = ClipSet(clips, SIZE).batch([0])
+    tx, tm = TripletSet(clips, SIZE).batch(range(4))  # clip 0's four triplets
+    assert torch.equal(m, tm) and torch.equal(x[nb[:, 0]], tx[:, 1]) and torch.equal(x[nb[:, 1]], tx[:, 2])
+    with torch.no_grad():
+        clip_loss = structure_loss(model(x, text.expand(4, -1, -1), nb)[targets], m)
+        triplet_loss = structure_loss(model.forward_triplet(tx, text.expand(4, -1, -1))[0], tm)
+    assert float(clip_loss) == pytest.approx(float(triplet_loss), abs=1e-5)
+
+
+def test_crops_cut_frames_and_masks_alike(tmp_path):
+    base = np.zeros((SIZE + 40, SIZE + 40), np.uint8)
+    base[30:120, 50:200] = 255
+    base[150:, 100:130] = 255
+    write_clip(tmp_path / "still", np.stack([base] * 3), np.stack([base > 0] * 3), {})
+    size = SIZE + 40  # frames are resized to size (here: unchanged), then cropped to SIZE
+    cs = ClipSet(load_clips(tmp_path), size, AugmentConfig(flip_p=0.5, rotate_p=0.5), crop=SIZE)
+    rng = np.random.default_rng(1)
+    seen = set()
+    for _ in range(4):
+        x, m, _, _ = cs.batch([0], rng)
+        assert x.shape == (3, 3, SIZE, SIZE) and m.shape == (3, 1, SIZE, SIZE)
+        assert ((x[:, 0] > 0) == (m[:, 0] > 0.5)).float().mean() > 0.97
+        seen.add(round(float(m.mean()), 4))
+    assert len(seen) > 1  # the window moves
+
+
+def test_a_few_clip_steps_reduce_the_loss(tiny_set):
+    torch.manual_seed(0)
+    model, bank, _ = load_start(None)
+    model.train()
+    text = torch.from_numpy(bank.matrix())[None]
+    batch = ClipSet(load_clips(tiny_set), SIZE).batch([0, 1])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = [clip_step(model, opt, *batch, text) for _ in range(4)]
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < losses[0] - 0.02, losses
+
+
+def test_clip_training_records_the_recommended_postprocessing(tiny_set, tmp_path):
+    from leakseg.export.checkpoint import native_postprocess_defaults
+
+    cfg = TrainConfig(data=str(tiny_set), val=str(tiny_set), out=str(tmp_path / "run"), size=SIZE + 16, crop=SIZE,
+                      sampler="clip", batch_size=1, max_steps=2, postprocess={"normalization": "absolute"},
+                      progress=False)
+    result = train(cfg)
+    assert result.steps == 2 and result.val[-1]["frames"] == 8
+    assert native_postprocess_defaults(tmp_path / "run" / "last") == {"normalization": "absolute"}
+    raw = json.loads((tmp_path / "run" / "last" / "config.json").read_text())
+    assert raw["training"]["sampler"] == "clip" and raw["training"]["crop"] == SIZE
+    # fine-tuning from it keeps the recommendation unless told otherwise
+    again = TrainConfig(data=str(tiny_set), out=str(tmp_path / "ft"), init=str(tmp_path / "run" / "last"),
+                        size=SIZE, sampler="clip", max_steps=1, postprocess={"threshold": 0.6}, progress=False)
+    train(again)
+    assert native_postprocess_defaults(tmp_path / "ft" / "last") == {"normalization": "absolute", "threshold": 0.6}
+
+
+@pytest.mark.parametrize("bad, words", [
+    ({"crop": SIZE - 8}, "--crop"), ({"crop": 400}, "larger than --size"), ({"sampler": "frames"}, "sampler"),
+    ({"postprocess": {"normalization": "log"}}, "normalization"),
+])
+def test_bad_training_settings_are_refused(tiny_set, tmp_path, bad, words):
+    cfg = TrainConfig(data=str(tiny_set), out=str(tmp_path / "run"), size=SIZE + 8, progress=False, **bad)
+    with pytest.raises(ValueError, match=words):
+        train(cfg)
+
+
+def test_windows_are_short_clips_with_a_target(tmp_path):
+    write_dataset(tmp_path, 2, seed=4, frames=8, height=40, width=40, leak_free_fraction=0, partial_fraction=0,
+                  progress=False)
+    clips = load_clips(tmp_path, few_shot=1)  # one labelled frame per clip: every window must contain it
+    cs = ClipSet(clips, SIZE, window=3)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        x, m, targets, nb = cs.batch([0, 1], rng)
+        assert x.shape[0] == 6 and m.shape[0] == len(targets) == 2
+        rule = np.asarray(triplet_neighbours(3))
+        assert np.array_equal(nb.numpy(), np.concatenate([rule, rule + 3]))
+        assert targets[0] < 3 <= targets[1] < 6
+    with pytest.raises(ValueError, match="at least 3"):
+        ClipSet(clips, SIZE, window=2)

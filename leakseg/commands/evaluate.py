@@ -14,6 +14,8 @@ examples:
 
 from pathlib import Path
 
+from leakseg.commands import add_postprocess_arguments, postprocess_overrides
+
 
 def add_arguments(parser):
     parser.add_argument("--archive", required=True, type=Path, help=".mar file or extracted archive folder")
@@ -21,9 +23,7 @@ def add_arguments(parser):
     parser.add_argument("--plot", type=Path, metavar="PNG", help="write per-video J&F and the false-alarm rate as a PNG")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the summary and per-video numbers as JSON")
     parser.add_argument("--prompts", nargs="+", metavar="PROMPT", help="prompt list (default: the archive's)")
-    parser.add_argument("--threshold", type=float, help="post-processing threshold (default: the archive's)")
-    parser.add_argument("--normalization", choices=["minmax", "absolute"], help="default: the archive's")
-    parser.add_argument("--opening-kernel", type=int, help="default: the archive's")
+    add_postprocess_arguments(parser, "default: the archive's")
     parser.add_argument("--summary-only", action="store_true", help="no per-video rows in the table")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -35,8 +35,7 @@ def run(args):
     from leakseg.evaluate import evaluate_archive
     from leakseg.metrics import plot_metrics
 
-    options = {k: v for k, v in (("threshold", args.threshold), ("normalization", args.normalization),
-                                 ("opening_kernel", args.opening_kernel)) if v is not None}
+    options = postprocess_overrides(args)
     report = evaluate_archive(args.archive, args.data, options, args.prompts, device=args.device,
                               progress=not args.no_progress)
     print(report.table(per_video=not args.summary_only))

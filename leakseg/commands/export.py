@@ -20,6 +20,8 @@ examples:
 
 from pathlib import Path
 
+from leakseg.commands import add_postprocess_arguments, postprocess_overrides
+
 
 def add_arguments(parser):
     parser.add_argument("--checkpoint", required=True, type=Path, help="authors' .pth or native checkpoint folder")
@@ -42,11 +44,7 @@ def add_arguments(parser):
     post = parser.add_argument_group(
         "post-processing defaults stored in the archive (requests may override them; unset ones come from "
         "a native checkpoint's config.json \"postprocess\", else the published values)")
-    post.add_argument("--threshold", type=float, help="probability threshold (published: 0.5)")
-    post.add_argument("--normalization", choices=["minmax", "absolute"],
-                      help="minmax rescales each frame to [0, 1] first (published); absolute thresholds the "
-                           "sigmoid itself, so a leak-free frame stays empty even where the opening misses")
-    post.add_argument("--opening-kernel", type=int, help="elliptical opening size, 0 = off (published: 9)")
+    add_postprocess_arguments(post, "default: the checkpoint's recommendation, else the published value")
 
 
 def run(args):
@@ -62,8 +60,7 @@ def run(args):
             output_dir=args.output_dir, prompts=args.prompts, extra_prompts=args.extra_prompts,
             text_model_dir=args.text_model, batch_size=args.batch_size, max_batch_delay_ms=args.max_batch_delay,
             workers=args.workers, limits=ClipLimits(max_frames=args.max_frames),
-            postprocess={k: v for k, v in (("threshold", args.threshold), ("normalization", args.normalization),
-                                           ("opening_kernel", args.opening_kernel)) if v is not None},
+            postprocess=postprocess_overrides(args),
         )
         opts.postprocess_defaults()  # a bad value fails here, before any work
         mar = export_archive(opts)

@@ -13,14 +13,14 @@ import json
 import sys
 from pathlib import Path
 
+from leakseg.commands import add_postprocess_arguments, postprocess_overrides
+
 
 def add_arguments(parser):
     parser.add_argument("--archive", required=True, type=Path, help="a .mar file or an extracted archive folder")
     parser.add_argument("frames", nargs="+", type=Path, metavar="FRAME", help="image files, or one .npy/.npz clip")
     parser.add_argument("--prompts", nargs="+", metavar="PROMPT", help="exactly P prompts from the archive's bank")
-    parser.add_argument("--threshold", type=float, help="probability threshold (default 0.5)")
-    parser.add_argument("--normalization", choices=["minmax", "absolute"], help="default minmax, as published")
-    parser.add_argument("--opening-kernel", type=int, help="ellipse size for the opening, 0 = off (default 9)")
+    add_postprocess_arguments(parser, "default: the archive's")
     parser.add_argument("--probabilities", action="store_true", help="include low-resolution probability maps")
     parser.add_argument("--output", "-o", type=Path, help="write the JSON here instead of standard output")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -40,10 +40,9 @@ def run(args):
     from leakseg.errors import InputError
     from leakseg.pipeline import Predictor
 
-    options = {k: v for k, v in {
-        "threshold": args.threshold, "normalization": args.normalization,
-        "opening_kernel": args.opening_kernel, "return_probabilities": args.probabilities or None,
-    }.items() if v is not None}
+    options = postprocess_overrides(args)
+    if args.probabilities:
+        options["return_probabilities"] = True
     predictor = Predictor.from_archive(args.archive, device=args.device)
     try:
         frames, names = read_frames(args.frames)

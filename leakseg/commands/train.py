@@ -16,9 +16,13 @@ Writes OUT/last and, with --val, OUT/best (native checkpoints, export with `leak
 examples:
   leakseg train data/igs-few --init IGS-Few_best.pth --few-shot 30 --val data/val --out runs/ft
   leakseg train /tmp/synth --backbone pvt_v2_b0 --size 256 --max-minutes 25 --val /tmp/val --out runs/b0
+  leakseg train /tmp/lt --size 352 --crop 240 --sampler clip --window 3 --batch-size 2 --lr 5e-4 \
+      --max-minutes 45 --normalization absolute --val /tmp/lv12 --out runs/r3   # the bundled default model
 """
 
 from pathlib import Path
+
+from leakseg.commands import add_postprocess_arguments, postprocess_overrides
 
 
 def _positive(kind):
@@ -41,16 +45,32 @@ def add_arguments(parser):
                         help="PVTv2 variant for scratch training (default pvt_v2_b0); ignored with --init")
     parser.add_argument("--val", metavar="DIR", help="validation folder, evaluated after every epoch")
     parser.add_argument("--epochs", type=_positive(int), default=60, help="epochs (default 60, SimGas; IGS-Few used 150)")
-    parser.add_argument("--batch-size", type=_positive(int), default=6, help="triplets per step (default 6)")
+    parser.add_argument("--batch-size", type=_positive(int), default=6, help="samples per step: triplets (default 6), or clips with --sampler clip")
     parser.add_argument("--lr", type=_positive(float), default=1e-4, help="Adam learning rate (default 1e-4)")
     parser.add_argument("--size", type=_positive(int), default=352,
                         help="training resolution (default 352; at least 225, where the stride-32 features reach 8x8); "
                              "the saved config keeps input_size 352 for export")
+    parser.add_argument("--crop", type=_positive(int), metavar="C",
+                        help="train on random C x C windows of the --size frames: objects keep the scale they have "
+                             "at --size, at a fraction of the cost (e.g. --size 352 --crop 256)")
+    parser.add_argument("--sampler", choices=("triplet", "clip"), default="triplet",
+                        help="triplet: the published samples, three encoder passes each (default); clip: whole clips, "
+                             "each frame encoded once and every labelled frame a target (same loss, about half the "
+                             "time per target on CPU); --batch-size then counts clips")
+    parser.add_argument("--window", type=_positive(int), metavar="W",
+                        help="with --sampler clip: W consecutive frames of a clip per sample (a random start each "
+                             "time) instead of the whole clip, so a batch of several clips stays small")
+    parser.add_argument("--val-every", type=_positive(int), default=1, metavar="N",
+                        help="validate every N epochs and after the last (default 1)")
     parser.add_argument("--few-shot", type=_positive(int), metavar="N",
                         help="at most N labelled frames per video, spread evenly (the IGS-Few setting: 30)")
     parser.add_argument("--max-minutes", type=_positive(float), metavar="M",
                         help="wall-clock budget; training stops cleanly and saves when it is spent")
     parser.add_argument("--max-steps", type=_positive(int), metavar="N", help="stop after N optimiser steps")
+    post = parser.add_argument_group(
+        "serving post-processing this checkpoint recommends (used for validation, saved in config.json, the "
+        "default of `leakseg export`)")
+    add_postprocess_arguments(post, "default: the --init checkpoint's recommendation, else the published value")
     parser.add_argument("--no-augment", action="store_true", help="no augmentation")
     parser.add_argument("--seed", type=int, default=0, help="seed for init, shuffling and augmentation")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
@@ -62,7 +82,8 @@ def run(args):
 
     cfg = TrainConfig(
         data=str(args.data), out=str(args.out), init=args.init, backbone=args.backbone, val=args.val,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, size=args.size, few_shot=args.few_shot,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, size=args.size, crop=args.crop,
+        sampler=args.sampler, window=args.window, val_every=args.val_every, few_shot=args.few_shot, postprocess=postprocess_overrides(args),
         max_minutes=args.max_minutes, max_steps=args.max_steps, seed=args.seed, augment=not args.no_augment,
         device=args.device, progress=not args.no_progress,
     )

@@ -21,8 +21,10 @@ A clip is rendered in four layers, in "apparent temperature" units (roughly 0 = 
 **The label.** ``mask = D > visibility_threshold`` (default :data:`VISIBILITY_THRESHOLD` = 0.1, i.e. where the
 gas absorbs at least ~9.5 % of the background radiance). The plume's optical depth is scaled per clip so that
 its typical peak is 5-30x the threshold (an opaque core near the source), and the contrast is chosen so that
-at the threshold the intensity change is ``edge_snr`` (2-5, per clip) times the temporal noise; everywhere
-inside the mask the change is at least 0.6 of that, i.e. at least 1.2 noise sigmas (before the optics blur).
+at the threshold the intensity change is ``edge_snr`` (4-8, per clip) times the temporal noise; everywhere
+inside the mask the change is at least 0.6 of that, i.e. at least 2.4 noise sigmas (before the optics blur).
+Version 1 drew ``edge_snr`` from 2-5, which labelled gas at barely one noise sigma: no observer would mark it,
+so the labels asked for the invisible (the datasets this imitates are labelled by eye).
 
 Leak modes: ``"full"`` (leaking before and throughout the clip), ``"none"`` (leak-free), ``"start"`` (the leak
 begins mid-clip) and ``"stop"`` (it stops mid-clip and the remaining gas drifts off and dilutes). The scene,
@@ -49,7 +51,7 @@ import numpy as np
 #: Default optical depth above which gas counts as visible (opacity 1 - e^-0.1 ~ 9.5 %).
 VISIBILITY_THRESHOLD = 0.1
 LEAK_MODES = ("full", "none", "start", "stop")
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 _MARGIN = 8  # canvas border, in pixels, that camera jitter can bring into view
 
@@ -571,7 +573,7 @@ def _gas_contrast(rng: np.random.Generator, scene: _Scene, noise_sigma: float, t
     it follows the local background with ``coupling`` (hot gas shows less against a hot pipe), but never
     falls below 0.6 of ``delta`` nor flips sign, so labelled gas always shows.
     """
-    edge_snr = rng.uniform(2.0, 5.0)
+    edge_snr = rng.uniform(4.0, 8.0)
     sign = 1.0 if rng.random() < 0.5 else -1.0
     delta = sign * edge_snr * noise_sigma / (1 - math.exp(-threshold))
     coupling = rng.uniform(0.0, 0.6)
