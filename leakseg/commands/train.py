@@ -16,8 +16,8 @@ Writes OUT/last and, with --val, OUT/best (native checkpoints, export with `leak
 examples:
   leakseg train data/igs-few --init IGS-Few_best.pth --few-shot 30 --val data/val --out runs/ft
   leakseg train /tmp/synth --backbone pvt_v2_b0 --size 256 --max-minutes 25 --val /tmp/val --out runs/b0
-  leakseg train /tmp/lt --size 352 --crop 240 --sampler clip --window 3 --batch-size 2 --lr 5e-4 \
-      --max-minutes 45 --normalization absolute --val /tmp/lv12 --out runs/r3   # the bundled default model
+  leakseg train /tmp/lt --size 352 --crop 240 --lr 5e-4 --max-minutes 45 --normalization absolute \
+      --val /tmp/lv12 --out runs/r4   # the bundled default model (docs/DEFAULT_MODEL.md)
 """
 
 from pathlib import Path
