@@ -19,7 +19,7 @@ import torch
 
 from leakseg.export.graph import export_onnx, export_torchscript
 from leakseg.model import build_model, triplet_neighbours
-from leakseg.runtime import OnnxGraph, TorchGraph, default_threads
+from leakseg.inference.runtime import OnnxGraph, TorchGraph, default_threads
 
 
 def _fps(fn, frames: int, clips: int) -> float:

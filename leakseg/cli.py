@@ -26,6 +26,8 @@ COMMANDS = {
     "synth": "generate labelled synthetic infrared leak clips (SCENE/images, SCENE/masks)",
     "train": "train or fine-tune JVLGS on a folder of labelled clips (SCENE/images, SCENE/masks)",
     "evaluate": "J, F, J&F, false alarms and clip detection of an archive on a labelled dataset",
+    "kserve": "serve an archive on KServe's model server (Open Inference Protocol v2), or write KServe's layout",
+    "monitor": "watch cameras, segment overlapping clips, raise leak alarms over OPC UA, MQTT, Modbus",
 }
 
 

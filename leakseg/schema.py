@@ -1,4 +1,4 @@
-"""The wire contract: pydantic models shared by the pipeline, the handler and the client.
+"""The wire contract: pydantic models shared by the predictor, the handler and the client.
 
 Everything a request may carry besides its frames (``prompts``, ``options``) and everything a
 response holds is described here, so `leakseg predict`, the HTTP API and the SDK speak one
@@ -216,6 +216,29 @@ class ModelDescription(_Response):
     max_frame_pixels: int
     defaults: ClipOptions
     runtime: str = Field(..., description="onnxruntime or torchscript, and the device")
+
+
+class InputError(ValueError):
+    """A request the service cannot use: the error code, a message and the offending field.
+
+    Raised wherever input is checked (frame decoding, prompts, options) and turned into an
+    :class:`ErrorResponse` by whoever answers: the handler, `leakseg predict`, the KServe runtime.
+    """
+
+    def __init__(self, code: ErrorCode, message: str, field: Optional[str] = None):
+        super().__init__(message)
+        self.code = ErrorCode(code)
+        self.message = message
+        self.field = field
+
+    @property
+    def status(self) -> int:
+        return ERROR_STATUS[self.code]
+
+    def to_response(self, request_id: Optional[str] = None) -> ErrorResponse:
+        return ErrorResponse(
+            error=ErrorDetail(code=self.code, message=self.message, field=self.field, request_id=request_id)
+        )
 
 
 class JsonClipRequest(_Strict):

@@ -1,6 +1,6 @@
 """Writing checkpoints in the authors' layout, for tests: leakseg names -> research-code names.
 
-This is the inverse of leakseg.export.checkpoint's filter. test_checkpoint checks that a b5
+This is the inverse of leakseg.model.checkpoint's filter. test_checkpoint checks that a b5
 model written this way has exactly the keys and shapes of shared/reference's manifest, so the
 inverse cannot drift from the real layout unnoticed.
 """

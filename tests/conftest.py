@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("LEAKSEG_THREADS", "2")
 
-from serving import torchserve_server  # noqa: E402,F401  (one real TorchServe per session, see serving.py)
+from torchserve_fixture import torchserve_server  # noqa: E402,F401  (one real TorchServe per session, see serving.py)
 
 SMALL_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
 
@@ -33,7 +33,7 @@ def authors_checkpoint(tmp_path_factory) -> Path:
     import torch
     from authors_format import randomise_, to_authors_state_dict
 
-    from leakseg.export.text import build_text_model
+    from leakseg.model.text import build_text_model
 
     model = small_model()
     text_model = randomise_(build_text_model(model.config.text_model), seed=1)
@@ -43,7 +43,7 @@ def authors_checkpoint(tmp_path_factory) -> Path:
 
 
 def _export(checkpoint: Path, out: Path, fmt: str, name: str) -> Path:
-    from leakseg.export.pipeline import ExportOptions, export_archive
+    from leakseg.export.exporter import ExportOptions, export_archive
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -66,7 +66,7 @@ def torchscript_archive(authors_checkpoint, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def predictor(onnx_archive):
     """In-process reference results for tiny.mar."""
-    from leakseg.pipeline import Predictor
+    from leakseg.inference.predictor import Predictor
 
     return Predictor.from_archive(onnx_archive, device="cpu")
 

@@ -8,7 +8,7 @@ import torch
 
 from authors_format import to_authors_state_dict
 from conftest import SMALL_TEXT, small_model
-from leakseg.export.checkpoint import (
+from leakseg.model.checkpoint import (
     CheckpointError, import_authors_checkpoint, infer_config, load_native, read_torch_checkpoint, save_native,
 )
 from leakseg.model import build_model
@@ -44,14 +44,14 @@ def test_b5_checkpoint_with_manifest_shapes_imports(tmp_path):
     model, text_sd = import_authors_checkpoint(path)
     assert torch.equal(model.gsa[1].fuse_conv.conv.weight, sd["fsp2.BNReLU.conv.weight"])
     # and the test helper that writes authors' files is the exact inverse for b5
-    from leakseg.export.text import build_text_model
+    from leakseg.model.text import build_text_model
 
     written = to_authors_state_dict(model, build_text_model(cfg.text_model, text_sd))
     assert {k: list(v.shape) for k, v in written.items()} == manifest
 
 
 def test_native_round_trip(tmp_path):
-    from leakseg.prompts import PromptBank
+    from leakseg.model.prompts import PromptBank
     import numpy as np
 
     model = small_model(seed=3)

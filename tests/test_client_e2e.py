@@ -1,6 +1,6 @@
 """The thin client and `leakseg segment` end to end, against a REAL TorchServe (tests/serving.py).
 
-Every result is compared with the in-process :class:`leakseg.pipeline.Predictor` on the same
+Every result is compared with the in-process :class:`leakseg.inference.predictor.Predictor` on the same
 frames: whatever the input kind or request form, the client must deliver the frames unchanged
 and hand back exactly what the model computes. Errors come from the real server and must
 arrive as the client's typed exceptions; retries are counted where the server records them
@@ -36,7 +36,7 @@ from leakseg.client import (
     LeakSegClient,
     ModelNotFound,
 )
-from leakseg.pipeline import Predictor
+from leakseg.inference.predictor import Predictor
 from leakseg.schema import ErrorCode, ErrorResponse
 
 pytestmark = pytest.mark.serve
@@ -422,7 +422,7 @@ def test_an_auth_failure_is_sent_once(served, retry_log):
 
 def test_segment_many_keeps_order_with_concurrency(client, predictor):
     clips = [make_clip(200 + i, h=48 + 4 * i) for i in range(6)]  # distinct sizes: a mix-up cannot pass
-    expected = predictor.run([predictor.prepare(c, options=NO_OPENING) for c in clips])
+    expected = predictor.run([predictor.prepare(c, predictor.settings(options=NO_OPENING)) for c in clips])
     assert all(nontrivial(e) for e in expected)
     results = list(client.segment_many((np.stack(c) for c in clips), concurrency=4, **NO_OPENING))
     assert len(results) == len(clips)

@@ -18,9 +18,9 @@ import json, sys
 import numpy as np
 from PIL import Image
 
-import leakseg.client, leakseg.overlay, leakseg.commands.segment
+import leakseg.client, leakseg.utils.overlay, leakseg.commands.segment
 from leakseg.client import LeakSegClient, build_request, load_frames
-from leakseg.overlay import render_overlays
+from leakseg.utils.overlay import render_overlays
 
 body = build_request(np.zeros((3, 8, 8), np.uint16), ["gas leak"], {"threshold": 0.4})
 json_body = build_request([Image.new("I;16", (8, 8))] * 2, form="json")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from leakseg.data.synth import clip_plan, generate_clip
+from leakseg.training.synth import clip_plan, generate_clip
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "model_store" / "jvlgs-default"
@@ -26,8 +26,8 @@ CLIP = dict(frames=8, height=240, width=320)
 @pytest.fixture(scope="module")
 def default_predictor(tmp_path_factory):
     """The archive `make demo` builds, exported exactly as the Makefile does (ONNX, the checkpoint's defaults)."""
-    from leakseg.export.pipeline import ExportOptions, export_archive
-    from leakseg.pipeline import Predictor
+    from leakseg.export.exporter import ExportOptions, export_archive
+    from leakseg.inference.predictor import Predictor
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -75,7 +75,7 @@ def test_the_readme_first_command_works_from_a_fresh_clone(tmp_path):
                          capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
-    from leakseg.data.dataset import load_scene
+    from leakseg.training.dataset import load_scene
     from leakseg.schema import ClipResult
 
     demo = clone / ".leakseg" / "demo"

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from leakseg.data.dataset import list_scenes, load_scene
-from leakseg.data.synth import write_clip, write_dataset
+from leakseg.training.dataset import list_scenes, load_scene
+from leakseg.training.synth import write_clip, write_dataset
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def labelled(tmp_path_factory):
 
 
 def _by_hand(pairs):
-    """pairs: [(pred T x H x W, gt T x H x W)] -> the published numbers, computed without leakseg.metrics."""
+    """pairs: [(pred T x H x W, gt T x H x W)] -> the published numbers, computed without leakseg.training.metrics."""
     js, fs, free, alarms, tp, fp, fn = [], [], 0, 0, 0, 0, 0
     for pred, gt in pairs:
         for p, g in zip(pred, gt):
@@ -49,8 +49,8 @@ def _by_hand(pairs):
 
 def test_evaluate_matches_hand_metrics(onnx_archive, labelled, tmp_path):
     from leakseg.cli import main
-    from leakseg.evaluate import evaluate_predictor
-    from leakseg.pipeline import Predictor
+    from leakseg.training.evaluate import evaluate_predictor
+    from leakseg.inference.predictor import Predictor
 
     predictor = Predictor.from_archive(onnx_archive, device="cpu")
     pairs = []

@@ -1,4 +1,4 @@
-"""Request parsing (leakseg.handler.requests) without TorchServe: parts shaped as TorchServe 0.12 hands them over."""
+"""Request parsing (leakseg.serving.parse) without TorchServe: parts shaped as TorchServe 0.12 hands them over."""
 
 import base64
 import io
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from leakseg.errors import InputError
-from leakseg.handler.requests import ClipRequest, content_type, decode_frames, parse_request
-from leakseg.manifest import ClipLimits
+from leakseg.schema import InputError
+from leakseg.serving.parse import ClipRequest, content_type, decode_frames, parse_request
+from leakseg.io.frames import ClipLimits
 
 LIMITS = ClipLimits()
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from leakseg.metrics import SegmentationMetrics, format_table, frame_scores, plot_metrics
+from leakseg.training.metrics import SegmentationMetrics, format_table, frame_scores, plot_metrics
 
 
 def masks(*frames):

@@ -1,4 +1,4 @@
-"""leakseg.overlay: tint, outline, label, the 16-bit stretch, and the three output kinds."""
+"""leakseg.utils.overlay: tint, outline, label, the 16-bit stretch, and the three output kinds."""
 
 import sys
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from leakseg.overlay import erode, outline, render_overlays, to_uint8_rgb, write_overlays
+from leakseg.utils.overlay import erode, outline, render_overlays, to_uint8_rgb, write_overlays
 from leakseg.schema import ClipInfo, ClipResult, FrameResult, ModelInfo, RLEMask
 from leakseg.utils.rle import encode_rle
 

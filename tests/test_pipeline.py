@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from leakseg.errors import InputError
-from leakseg.export.checkpoint import import_authors_checkpoint
-from leakseg.frames import to_uint8_clip
+from leakseg.schema import InputError
+from leakseg.model.checkpoint import import_authors_checkpoint
+from leakseg.io.frames import to_uint8_clip
 from leakseg.model import triplet_neighbours
-from leakseg.pipeline import Predictor
+from leakseg.inference.predictor import Predictor
 from leakseg.utils.rle import decode_rle
 
 
@@ -56,7 +56,7 @@ def test_masks_equal_the_research_recipe(predictor, authors_checkpoint):
 def test_batched_run_equals_separate_predictions(predictor):
     clips = [_clip(1, t=3), _clip(2, t=6, h=50, w=40), _clip(3, t=4)]
     prompts = [None, ["gas plume", "white steam", "vapour cloud", "flowing smoke"], None]
-    together = predictor.run([predictor.prepare(c, p) for c, p in zip(clips, prompts)])
+    together = predictor.run([predictor.prepare(c, predictor.settings(p)) for c, p in zip(clips, prompts)])
     for c, p, r in zip(clips, prompts, together):
         alone = predictor.predict(c, p)
         assert [f.mask for f in r.frames] == [f.mask for f in alone.frames]
@@ -104,14 +104,14 @@ def test_sixteen_bit_clip_uses_the_clip_level_stretch(predictor):
 ])
 def test_bad_requests(predictor, frames, kwargs, code, field):
     with pytest.raises(InputError) as err:
-        predictor.prepare(frames, **kwargs)
+        predictor.predict(frames, **kwargs)
     assert err.value.code.value == code and err.value.field == field
     assert 400 <= err.value.status < 500
 
 
 def test_unknown_prompt_lists_the_available_ones(predictor):
     with pytest.raises(InputError, match="gas plume"):
-        predictor.prepare(_clip(0), ["nope", "white steam", "floating steam", "flowing smoke"])
+        predictor.settings(["nope", "white steam", "floating steam", "flowing smoke"])
 
 
 def test_predict_command_writes_the_api_json(onnx_archive, tmp_path, predictor):

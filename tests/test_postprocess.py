@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from leakseg.postprocess import ellipse_kernel, open_mask, postprocess
+from leakseg.inference.postprocess import ellipse_kernel, open_mask, postprocess
 from leakseg.schema import ClipOptions
 
 

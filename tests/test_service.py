@@ -24,11 +24,11 @@ import pytest
 import requests
 from PIL import Image
 
-from leakseg import serve
+from leakseg.serving import server as serve
 from leakseg.export.archive import extract_archive
-from leakseg.pipeline import Predictor
+from leakseg.inference.predictor import Predictor
 from leakseg.schema import ClipResult, ErrorResponse, ModelDescription
-from serving import loopback_overrides
+from torchserve_fixture import loopback_overrides
 
 pytestmark = pytest.mark.serve
 TIMEOUT = 180  # seconds per request: 2 shared cores, a busy machine
@@ -243,7 +243,7 @@ def _batch_lines(served, request_ids, timeout=15.0):
 
 def test_a_bad_request_in_a_batch_fails_alone(served, predictor):
     goods = [clip(10 + i, t=3) for i in range(3)]
-    expected = predictor.run([predictor.prepare(g, options=NO_OPENING) for g in goods])
+    expected = predictor.run([predictor.prepare(g, predictor.settings(options=NO_OPENING)) for g in goods])
     bad = (GOOD[:2] + [("frame_0002", ("x.png", b"junk", "image/png"))], None)
     batched = False
     for _ in range(3):  # concurrent requests nearly always share a batch (maxBatchDelay 200 ms); retry if not
@@ -264,7 +264,7 @@ def test_a_bad_request_in_a_batch_fails_alone(served, predictor):
 
 def test_sixteen_concurrent_clients_get_their_own_results(served, predictor):
     clips = [clip(100 + i, t=3, h=32 + i, w=48) for i in range(16)]  # distinct sizes: a mix-up cannot pass
-    expected = predictor.run([predictor.prepare(c, options=NO_OPENING) for c in clips])
+    expected = predictor.run([predictor.prepare(c, predictor.settings(options=NO_OPENING)) for c in clips])
     assert all(nontrivial(e) for e in expected)
     responses = _send_together(served, [(frame_parts(c), {"options": json.dumps(NO_OPENING)}) for c in clips])
     for response, want in zip(responses, expected):
@@ -391,7 +391,7 @@ class PoisonGraph:
 def test_unexpected_errors_are_500_with_a_logged_request_id_and_spare_the_batch(onnx_archive, predictor, caplog):
     from ts.context import Context, RequestProcessor
 
-    from leakseg.handler.service import LeakSegHandler
+    from leakseg.serving.handler import LeakSegHandler
 
     model_dir = extract_archive(onnx_archive)
     context = Context("tiny", str(model_dir), None, 2, None, "0.12.0")
@@ -404,7 +404,7 @@ def test_unexpected_errors_are_500_with_a_logged_request_id_and_spare_the_batch(
     context.request_ids = {0: "good-id", 1: "poison-id"}
     context.request_processor = [RequestProcessor({"Content-Type": "multipart/form-data; boundary=b"})
                                  for _ in parts]
-    with caplog.at_level("INFO", logger="leakseg.handler.service"):
+    with caplog.at_level("INFO", logger="leakseg.serving.handler"):
         bodies = handler.handle(parts, context)
     assert context.get_response_status(0)[0] == 200
     assert comparable(json.loads(bodies[0])) == comparable(predictor.predict(good))

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from leakseg.commands import synth as synth_command
-from leakseg.data.dataset import list_scenes, load_scene, read_mask, scene_frames
-from leakseg.data.synth import (VISIBILITY_THRESHOLD, blur, clip_plan, generate_clip, simulate_clip,
+from leakseg.training.dataset import list_scenes, load_scene, read_mask, scene_frames
+from leakseg.training.synth import (VISIBILITY_THRESHOLD, blur, clip_plan, generate_clip, simulate_clip,
                                 write_clip, write_dataset)
 
 SMALL = dict(frames=10, height=96, width=128)
@@ -156,8 +156,9 @@ def test_reader_handles_other_formats(tmp_path):
         mask[i % 12, :] = 1  # a 0/1 mask
         Image.fromarray(mask).save(scene / "masks" / f"{i}.png")
     frames, masks = load_scene(scene)
-    assert frames.dtype == np.uint8 and frames.shape == (3, 12, 16)
-    assert [int(f[0, 0]) for f in frames] == [1, 2, 10]
+    # RGB files stay RGB, as the service decodes them (the model sees the same pixels either way)
+    assert frames.dtype == np.uint8 and frames.shape == (3, 12, 16, 3)
+    assert [int(f[0, 0, 0]) for f in frames] == [1, 2, 10]
     assert masks.sum(axis=(1, 2)).tolist() == [16, 16, 16] and masks[2, 10].all()
     # A JPEG 0/255 mask with ringing is still a clean mask.
     jpg_mask = np.zeros((32, 32), np.uint8)

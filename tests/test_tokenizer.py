@@ -2,8 +2,8 @@
 
 import torch
 
-from leakseg.export.text import build_text_model, embed_prompts
-from leakseg.export.tokenizer import load_tokenizer
+from leakseg.model.text import build_text_model, embed_prompts
+from leakseg.model.tokenizer import load_tokenizer
 from leakseg.model import TextModelConfig
 
 

@@ -1,4 +1,4 @@
-"""leakseg.train: the published loss, identical triplet augmentation, few-shot caps, and real steps."""
+"""leakseg.training: the published loss, identical triplet augmentation, few-shot caps, and real steps."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import pytest
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
-from leakseg.data.augment import AugmentConfig, AugmentParams, augment_triplet
-from leakseg.data.synth import write_clip, write_dataset
+from leakseg.training.augment import AugmentConfig, AugmentParams, augment_triplet
+from leakseg.training.synth import write_clip, write_dataset
 from leakseg.model import triplet_neighbours
-from leakseg.train import (
-    ClipSet, TrainConfig, TripletSet, clip_step, few_shot_indices, load_clips, load_start, min_input_size,
-    scratch_prompt_bank, structure_loss, train, train_step,
-)
+from leakseg.training.loop import TrainConfig, clip_step, min_input_size, train, train_step
+from leakseg.training.loss import structure_loss
+from leakseg.training.samplers import ClipSet, TripletSet, few_shot_indices, load_clips
+from leakseg.training.start import load_start, scratch_prompt_bank
 
 SIZE = 232  # the smallest multiple of 8 the network takes (its stride-32 map must be >= 8 x 8)
 
@@ -150,7 +150,7 @@ def test_a_few_steps_reduce_the_loss(tiny_set):
 
 
 def test_train_stops_on_the_time_budget_and_saves(tiny_set, tmp_path):
-    from leakseg.export.checkpoint import load_native
+    from leakseg.model.checkpoint import load_native
 
     cfg = TrainConfig(data=str(tiny_set), val=str(tiny_set), out=str(tmp_path / "run"), size=SIZE, batch_size=2,
                       max_minutes=1e-6, progress=False)
@@ -169,7 +169,7 @@ def test_train_stops_on_the_time_budget_and_saves(tiny_set, tmp_path):
 
 def test_authors_checkpoint_start_uses_its_frozen_text_model(authors_checkpoint, onnx_archive, tiny_set):
     """Fine-tuning from a .pth: the prompt embeddings are exactly what export precomputed from it."""
-    from leakseg.pipeline import Predictor
+    from leakseg.inference.predictor import Predictor
 
     model, bank, info = load_start(str(authors_checkpoint))
     exported = Predictor.from_archive(onnx_archive, device="cpu").bank
@@ -243,7 +243,7 @@ def test_a_few_clip_steps_reduce_the_loss(tiny_set):
 
 
 def test_clip_training_records_the_recommended_postprocessing(tiny_set, tmp_path):
-    from leakseg.export.checkpoint import native_postprocess_defaults
+    from leakseg.model.checkpoint import native_postprocess_defaults
 
     cfg = TrainConfig(data=str(tiny_set), val=str(tiny_set), out=str(tmp_path / "run"), size=SIZE + 16, crop=SIZE,
                       sampler="clip", batch_size=1, max_steps=2, postprocess={"normalization": "absolute"},

@@ -44,6 +44,9 @@ from leakseg.client.errors import (
     error_from_response,
 )
 from leakseg.client.inputs import Form, Frames, RequestBody, build_request, describe_request, validate_options
+from leakseg.client.protocols import (
+    TORCHSERVE, V2, check_protocol, v2_describe_request, v2_document, v2_error_body, v2_segment_request,
+)
 from leakseg.schema import ClipOptions, ClipResult, ModelDescription
 
 log = logging.getLogger(__name__)
@@ -71,6 +74,10 @@ class LeakSegClient:
     ``timeout`` is the read timeout in seconds (a whole clip's inference must fit in it);
     ``retries`` is how many times a retryable failure is retried (so at most retries + 1 tries).
     ``pool_size`` bounds the kept-alive connections; keep it >= the concurrency you use.
+    ``protocol`` is ``"torchserve"`` (``POST /predictions/MODEL``, the default, or
+    ``$LEAKSEG_PROTOCOL``) or ``"v2"`` (Open Inference Protocol: ``POST /v2/models/MODEL/infer``,
+    for KServe deployments and ``leakseg kserve``; see leakseg/client/protocols.py). Results,
+    errors and retries are the same with both.
     """
 
     def __init__(
@@ -86,11 +93,13 @@ class LeakSegClient:
         backoff: float = 0.25,
         max_backoff: float = 8.0,
         pool_size: int = 16,
+        protocol: Optional[str] = None,
     ):
         if retries < 0:
             raise ValueError("retries must be >= 0")
         self.base_url = (base_url or os.environ.get("LEAKSEG_URL") or DEFAULT_BASE_URL).rstrip("/")
         self.model = model
+        self.protocol = check_protocol(protocol or os.environ.get("LEAKSEG_PROTOCOL") or TORCHSERVE)
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.retries = retries
@@ -120,11 +129,13 @@ class LeakSegClient:
 
     def __repr__(self) -> str:  # never shows the token
         auth = "token" if self._token else "no token"
-        return f"LeakSegClient({self.base_url!r}, model={self.model!r}, {auth})"
+        return f"LeakSegClient({self.base_url!r}, model={self.model!r}, protocol={self.protocol!r}, {auth})"
 
     @property
     def url(self) -> str:
         """The prediction endpoint."""
+        if self.protocol == V2:
+            return f"{self.base_url}/v2/models/{self.model}/infer"
         return f"{self.base_url}/predictions/{self.model}"
 
     # -- API ------------------------------------------------------------------------------------
@@ -147,6 +158,8 @@ class LeakSegClient:
         as keywords or as ``options=``; they are validated before anything is sent.
         """
         merged = {**validate_options(options), **option_fields}
+        if self.protocol == V2:
+            return _parse(ClipResult, self._post(v2_segment_request(frames, prompts, merged, form)))
         body = build_request(frames, prompts, merged, form)
         return _parse(ClipResult, self._post(body))
 
@@ -183,7 +196,7 @@ class LeakSegClient:
 
     def describe(self) -> ModelDescription:
         """The model's prompts, limits and default options (also proves a worker has it loaded)."""
-        return _parse(ModelDescription, self._post(describe_request()))
+        return _parse(ModelDescription, self._post(self._describe_body()))
 
     def ready(self, timeout: Optional[float] = None) -> bool:
         """True when a worker answers a describe request; False while the service is not ready.
@@ -192,17 +205,37 @@ class LeakSegClient:
         :class:`AuthError` and :class:`InvalidInput`, which waiting will not fix.
         """
         try:
+            if self.protocol == V2:  # KServe's model readiness; the TorchServe runtime's wrapper has it too
+                return bool(self._get(f"/v2/models/{self.model}/ready", timeout).get("ready"))
             self._post(describe_request(), retries=0, timeout=timeout)
         except _NOT_READY:  # AuthError and InvalidInput propagate
             return False
         return True
+
+    def metadata(self) -> dict:
+        """The v2 model metadata (``GET /v2/models/MODEL``: name, versions, platform, inputs, outputs); v2 only."""
+        if self.protocol != V2:
+            raise ValueError("metadata() is part of the v2 protocol; use describe() with TorchServe")
+        return self._get(f"/v2/models/{self.model}")
+
+    def server_ready(self, timeout: Optional[float] = None) -> bool:
+        """v2 ``GET /v2/health/ready`` (every model loaded); False while not ready. v2 only."""
+        if self.protocol != V2:
+            raise ValueError("server_ready() is part of the v2 protocol; use ready() with TorchServe")
+        try:
+            return bool(self._get("/v2/health/ready", timeout).get("ready"))
+        except _NOT_READY:
+            return False
+
+    def _describe_body(self) -> RequestBody:
+        return v2_describe_request() if self.protocol == V2 else describe_request()
 
     def wait_until_ready(self, timeout: float = 300.0, interval: float = 2.0) -> ModelDescription:
         """Poll :meth:`describe` until a worker answers; raises :class:`ModelNotReady` after ``timeout`` s."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                return _parse(ModelDescription, self._post(describe_request(), retries=0))
+                return _parse(ModelDescription, self._post(self._describe_body(), retries=0))
             except _NOT_READY as exc:
                 if time.monotonic() + interval > deadline:
                     raise ModelNotReady(f"{self.url} not ready after {timeout:.0f} s; last error: {exc}") from exc
@@ -248,8 +281,32 @@ class LeakSegClient:
         except requests.RequestException as exc:  # e.g. the answer broke off half-way
             raise ServiceError(f"broken answer from {self.url}: {exc}") from exc
         if response.status_code == 200:
+            payload = _json_of(response)
+            if self.protocol == V2:
+                try:
+                    return v2_document(payload)
+                except (ValueError, TypeError) as exc:
+                    raise ServiceError(f"the service answered 200 without a leakseg result: {exc}", status=200) from exc
+            return payload
+        error = _error_body(response)
+        if self.protocol == V2:
+            error = v2_error_body(error)
+        raise error_from_response(response.status_code, error, request_bytes=body.size)
+
+    def _get(self, path: str, timeout: Optional[float] = None) -> Any:
+        """One GET (no retries) of a v2 endpoint; the parsed JSON of a 200, else the typed error."""
+        url = f"{self.base_url}{path}"
+        headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
+        read_timeout = self.timeout if timeout is None else timeout
+        try:
+            response = self._session.get(url, headers=headers, timeout=(self.connect_timeout, read_timeout))
+        except requests.Timeout as exc:
+            raise Timeout(_timeout_message(url, read_timeout)) from exc
+        except requests.RequestException as exc:
+            raise ConnectionFailed(f"cannot reach {url}: {exc}") from exc
+        if response.status_code == 200:
             return _json_of(response)
-        raise error_from_response(response.status_code, _error_body(response), request_bytes=body.size)
+        raise error_from_response(response.status_code, v2_error_body(_error_body(response)))
 
     def _connection_message(self, exc: Exception, body: RequestBody) -> str:
         chain = list(_causes(exc))

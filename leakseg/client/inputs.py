@@ -28,7 +28,9 @@ import numpy as np
 from PIL import Image
 
 from leakseg.client.errors import InvalidInput
-from leakseg.frames import IMAGE_SUFFIXES, list_image_files
+from leakseg.io.frames import (
+    CLIP_SUFFIXES, IMAGE_SUFFIXES, SUPPORTED_DTYPES, decode_clip_array, list_image_files, load_clip, stack_frames,
+)
 from leakseg.schema import ClipOptions, ErrorCode
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -36,8 +38,6 @@ PathLike = Union[str, "os.PathLike[str]"]
 Frames = Union[PathLike, np.ndarray, Image.Image, Sequence[Any]]
 Form = Literal["multipart", "json"]
 
-CLIP_SUFFIXES = (".npy", ".npz")
-ARRAY_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
 
 # Magic numbers of the formats the service decodes; content decides, not the file name.
 _MAGIC = (
@@ -172,16 +172,10 @@ def normalize_prompts(prompts: Union[str, Sequence[str], None]) -> Optional[List
 
 
 def load_frames(frames: Frames) -> np.ndarray:
-    """Decode any accepted input into one T x H x W [x 3] array (keeps uint16/float32).
-
-    Used to draw overlays; the request itself never re-encodes image files.
-    """
-    clip = _collect(frames)
-    if isinstance(clip, np.ndarray):
-        return clip
-    if isinstance(clip, _ClipFile):
-        return _load_clip_file(clip)
-    return _stack([_decode_image(f.content, f.filename) for f in clip], "image")
+    """Decode any accepted input into one T x H x W [x 3] array (keeps uint16/float32), exactly as the
+    service decodes it (:func:`leakseg.io.frames.load_clip`). Used to draw overlays; a request itself
+    never re-encodes image files."""
+    return load_clip(frames)
 
 
 # --------------------------------------------------------------------------------------------
@@ -222,7 +216,7 @@ def _collect_list(items: List[Any]) -> _Clip:
         raise TypeError(f"frames mix {' and '.join(sorted(kinds))}; give one kind")
     kind = kinds.pop()
     if kind == "array":
-        return _check_clip_array(_stack([np.asarray(a) for a in items], "array"))
+        return _check_clip_array(stack_frames([np.asarray(a) for a in items], "array"))
     if kind == "PIL image":
         return [_encode_pil(img, i) for i, img in enumerate(items)]
     paths = [Path(p) for p in items]
@@ -242,19 +236,6 @@ def _kind(item: Any) -> str:
     raise TypeError(f"unsupported frame type {type(item).__name__}")
 
 
-def _stack(arrays: List[np.ndarray], what: str) -> np.ndarray:
-    first = arrays[0]
-    for i, a in enumerate(arrays):
-        if a.shape != first.shape or a.dtype != first.dtype:
-            raise ValueError(
-                f"{what} {i} is {a.shape} {a.dtype} but {what} 0 is {first.shape} {first.dtype}: "
-                "all frames of a clip need one size and type"
-            )
-    if first.ndim not in (2, 3):
-        raise ValueError(f"each frame must be H x W or H x W x 3, got shape {first.shape}")
-    return np.stack(arrays)
-
-
 def _check_clip_array(arr: np.ndarray) -> np.ndarray:
     """A T x H x W or T x H x W x 3 array in a supported dtype, little-endian and contiguous."""
     if arr.ndim == 2:
@@ -266,7 +247,7 @@ def _check_clip_array(arr: np.ndarray) -> np.ndarray:
     if arr.size == 0:
         raise ValueError(f"empty clip array {arr.shape}")
     native = arr.dtype.newbyteorder("=")
-    if native not in ARRAY_DTYPES:
+    if native not in SUPPORTED_DTYPES:
         raise ValueError(
             f"unsupported dtype {arr.dtype}: use uint8, uint16 or float32 (e.g. arr.astype(np.float32))"
         )
@@ -385,33 +366,8 @@ def _png_bytes(frame: np.ndarray) -> bytes:
 
 
 # --------------------------------------------------------------------------------------------
-# decoding (overlays, JSON form of .npy clips)
+# decoding (the JSON form of .npy clips)
 
 
 def _load_clip_file(clip: _ClipFile) -> np.ndarray:
-    loaded = np.load(io.BytesIO(clip.content), allow_pickle=False)
-    if isinstance(loaded, np.ndarray):
-        return loaded
-    with loaded:  # an .npz archive
-        return _pick_npz_array(loaded, clip.filename)
-
-
-def _pick_npz_array(npz: Any, name: str) -> np.ndarray:
-    # The service takes an .npz holding exactly one array; refuse others the same way.
-    if len(npz.files) != 1:
-        raise ValueError(f"{name} holds arrays {npz.files}; the service expects exactly one")
-    return npz[npz.files[0]]
-
-
-def _decode_image(content: bytes, name: str) -> np.ndarray:
-    try:
-        img = Image.open(io.BytesIO(content))
-    except OSError as exc:  # PIL.UnidentifiedImageError and truncated files
-        raise ValueError(f"cannot decode image {name}: {exc}") from exc
-    with img:
-        if img.mode in ("L", "RGB", "F", "I") or img.mode.startswith("I;16"):
-            return np.asarray(img).copy()  # grey of any depth keeps its values
-        if img.mode in ("1", "LA"):
-            return np.asarray(img.convert("L"))
-        return np.asarray(img.convert("RGB"))
-
+    return np.stack(decode_clip_array(clip.content, clip.filename))

@@ -32,8 +32,8 @@ def add_arguments(parser):
 def run(args):
     import json
 
-    from leakseg.evaluate import evaluate_archive
-    from leakseg.metrics import plot_metrics
+    from leakseg.training.evaluate import evaluate_archive
+    from leakseg.training.metrics import plot_metrics
 
     options = postprocess_overrides(args)
     report = evaluate_archive(args.archive, args.data, options, args.prompts, device=args.device,

@@ -41,6 +41,9 @@ def add_arguments(parser):
     parser.add_argument("--max-batch-delay", type=int, default=50, help="ms TorchServe waits to fill a batch")
     parser.add_argument("--workers", type=int, default=1, help="TorchServe workers for this model")
     parser.add_argument("--max-frames", type=int, default=32, help="frames per request (default 32)")
+    parser.add_argument("--kserve", type=Path, metavar="DIR",
+                        help="also write KServe's TorchServe-runtime storage layout (config/config.properties + "
+                             "model-store/NAME.mar) to DIR, for an InferenceService's storageUri (docs/DEPLOY.md)")
     post = parser.add_argument_group(
         "post-processing defaults stored in the archive (requests may override them; unset ones come from "
         "a native checkpoint's config.json \"postprocess\", else the published values)")
@@ -50,9 +53,9 @@ def add_arguments(parser):
 def run(args):
     import logging
 
-    from leakseg.export.checkpoint import CheckpointError
-    from leakseg.export.pipeline import ExportOptions, export_archive
-    from leakseg.manifest import ClipLimits
+    from leakseg.model.checkpoint import CheckpointError
+    from leakseg.export.exporter import ExportOptions, export_archive
+    from leakseg.io.frames import ClipLimits
 
     try:
         opts = ExportOptions(
@@ -68,4 +71,8 @@ def run(args):
         logging.getLogger("leakseg.export").error("%s", exc)
         return 1
     print(f"wrote {mar}")
+    if getattr(args, "kserve", None):
+        from leakseg.export.kserve import write_kserve_layout
+
+        print(f"wrote KServe layout {write_kserve_layout(mar, args.kserve, workers=args.workers)}")
     return 0

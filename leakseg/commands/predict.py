@@ -2,7 +2,7 @@
 
 Writes exactly the JSON that POST /predictions/NAME returns (see docs/API.md).
 FRAME... are image files (PNG, JPEG, TIFF, BMP; 8/16-bit; grey or RGB) in clip order,
-or a single .npy/.npz clip (T x H x W [x 3]; uint8, uint16 or float32).
+one folder of them, or a single .npy/.npz clip (T x H x W [x 3]; uint8, uint16 or float32).
 
 examples:
   leakseg predict --archive model_store/jvlgs.mar clip/*.png --output result.json
@@ -18,7 +18,7 @@ from leakseg.commands import add_postprocess_arguments, postprocess_overrides
 
 def add_arguments(parser):
     parser.add_argument("--archive", required=True, type=Path, help="a .mar file or an extracted archive folder")
-    parser.add_argument("frames", nargs="+", type=Path, metavar="FRAME", help="image files, or one .npy/.npz clip")
+    parser.add_argument("frames", nargs="+", type=Path, metavar="FRAME", help="image files, one folder of them, or one .npy/.npz clip")
     parser.add_argument("--prompts", nargs="+", metavar="PROMPT", help="exactly P prompts from the archive's bank")
     add_postprocess_arguments(parser, "default: the archive's")
     parser.add_argument("--probabilities", action="store_true", help="include low-resolution probability maps")
@@ -26,31 +26,24 @@ def add_arguments(parser):
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
 
-def read_frames(paths):
-    """Frames and their names from image files or one .npy/.npz clip."""
-    from leakseg.frames import decode_clip_array, decode_image
-
-    if len(paths) == 1 and paths[0].suffix.lower() in (".npy", ".npz"):
-        frames = decode_clip_array(paths[0].read_bytes(), str(paths[0]))
-        return frames, [f"{paths[0].name}[{i}]" for i in range(len(frames))]
-    return [decode_image(p.read_bytes(), str(p)) for p in paths], [str(p) for p in paths]
-
-
 def run(args):
-    from leakseg.errors import InputError
-    from leakseg.pipeline import Predictor
+    from leakseg.inference import Predictor
+    from leakseg.io.frames import read_frames
+    from leakseg.schema import InputError
 
     options = postprocess_overrides(args)
     if args.probabilities:
         options["return_probabilities"] = True
     predictor = Predictor.from_archive(args.archive, device=args.device)
     try:
-        frames, names = read_frames(args.frames)
-        clip = predictor.prepare(frames, args.prompts, options, names=names)
+        frames, names = read_frames(args.frames, predictor.limits)
+        result = predictor.predict(frames, args.prompts, options, names)
     except InputError as exc:
         print(exc.to_response().model_dump_json(indent=2), file=sys.stderr)
         return 2
-    result = predictor.run([clip])[0]
+    except (ValueError, OSError) as exc:  # a missing file, an empty folder
+        print(f"leakseg predict: {exc}", file=sys.stderr)
+        return 2
     text = result.model_dump_json(indent=2)
     if args.output:
         args.output.write_text(text + "\n")

@@ -207,7 +207,7 @@ def _write_outputs(args, frames, result, fps: Optional[float], to_stdout: bool) 
             return _fail(f"cannot write {args.out}: {exc}", EXIT_USAGE)
         print(f"wrote {args.out}", file=log)
     if args.overlay:
-        from leakseg.overlay import render_overlays, write_overlays
+        from leakseg.utils.overlay import render_overlays, write_overlays
 
         try:
             written = write_overlays(render_overlays(frames, result), args.overlay, fps=fps or 10.0)

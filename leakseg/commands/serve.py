@@ -43,7 +43,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from leakseg import serve
+    from leakseg.serving import server as serve
 
     try:
         if args.stop:

@@ -45,7 +45,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from leakseg.data.synth import VISIBILITY_THRESHOLD, write_dataset
+    from leakseg.training.synth import VISIBILITY_THRESHOLD, write_dataset
 
     if args.leak_free_fraction + args.partial_fraction > 1:
         raise SystemExit("leakseg synth: --leak-free-fraction plus --partial-fraction must be at most 1")

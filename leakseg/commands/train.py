@@ -78,7 +78,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from leakseg.train import TrainConfig, train
+    from leakseg.training.loop import TrainConfig, train
 
     cfg = TrainConfig(
         data=str(args.data), out=str(args.out), init=args.init, backbone=args.backbone, val=args.val,
@@ -92,7 +92,7 @@ def run(args):
     print(f"{result.steps} steps, {result.epochs:.2f} epochs in {result.seconds / 60:.1f} min ({result.stopped}); "
           f"epoch loss {losses[0]:.4f} -> {losses[-1]:.4f}" if losses else "no steps run")
     if result.val:
-        from leakseg.metrics import format_table
+        from leakseg.training.metrics import format_table
 
         print("last validation:\n" + format_table(result.val[-1]))
     print(f"checkpoints in {args.out}")

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
+import threading
 from pathlib import Path
-from typing import Optional
 
-from leakseg.manifest import MANIFEST_FILE, ArchiveManifest
+from leakseg.inference.manifest import MANIFEST_FILE, ArchiveManifest
 
 log = logging.getLogger(__name__)
 
-#: The file TorchServe imports: a one-class module around leakseg.handler.
-HANDLER_ENTRY = Path(__file__).resolve().parent.parent / "handler" / "torchserve_entry.py"
+#: The file TorchServe imports: a one-class module around leakseg.serving.
+HANDLER_ENTRY = Path(__file__).resolve().parent.parent / "serving" / "torchserve_entry.py"
 
 
 def model_config_yaml(batch_size: int, max_batch_delay_ms: int, workers: int, response_timeout_s: int) -> str:
@@ -56,15 +57,24 @@ def write_archive(
             config_file=str(yaml_path),
             force=force,
         )
-        generate_model_archive(config)
+        with _private_tempdir(Path(tmp) / "staging"):
+            generate_model_archive(config)
     return output_dir / f"{manifest.name}.mar"
 
 
-def extract_archive(mar_path: Path, into: Optional[Path] = None) -> Path:
-    """Unzip a .mar (a zip file) into a folder, as TorchServe does, and return the folder."""
-    import zipfile
+_TEMPDIR_LOCK = threading.Lock()
 
-    target = into or Path(tempfile.mkdtemp(prefix="leakseg-model-"))
-    with zipfile.ZipFile(mar_path) as zf:
-        zf.extractall(target)
-    return target
+
+@contextlib.contextmanager
+def _private_tempdir(folder: Path):
+    """torch-model-archiver stages in ``tempfile.gettempdir()/MODEL_NAME`` and deletes that folder
+    before and after, which would wipe a user's ``/tmp/NAME`` and let two exports of one name
+    destroy each other's staging. Point the process's temp dir at a folder of our own meanwhile."""
+    folder.mkdir()
+    with _TEMPDIR_LOCK:
+        previous = tempfile.tempdir
+        tempfile.tempdir = str(folder)
+        try:
+            yield
+        finally:
+            tempfile.tempdir = previous

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from leakseg.model import JVLGS, triplet_neighbours
+from leakseg.model import JVLGS, batch_neighbours
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +25,9 @@ def example_inputs(model: JVLGS, clip_lengths=(3, 4), seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     n = sum(clip_lengths)
     frames = torch.randn(n, 3, cfg.input_size, cfg.input_size, generator=g)
-    text_rows, neighbours, start = [], [], 0
-    for length in clip_lengths:
-        text_rows.append(torch.randn(1, cfg.text_dim, cfg.prompt_count, generator=g).expand(length, -1, -1))
-        neighbours += [(a + start, b + start) for a, b in triplet_neighbours(length)]
-        start += length
-    return frames, torch.cat(text_rows).contiguous(), torch.tensor(neighbours, dtype=torch.int64)
+    text_rows = [torch.randn(1, cfg.text_dim, cfg.prompt_count, generator=g).expand(length, -1, -1)
+                 for length in clip_lengths]
+    return frames, torch.cat(text_rows).contiguous(), torch.tensor(batch_neighbours(clip_lengths), dtype=torch.int64)
 
 
 def export_onnx(model: JVLGS, path: Path) -> None:

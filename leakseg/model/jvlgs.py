@@ -14,25 +14,6 @@ from leakseg.model.fusion import VisionLanguageFusion
 from leakseg.model.gsa import GroupSplitAttention
 from leakseg.model.temporal import TemporalCorrelation
 
-MIN_CLIP_FRAMES = 3
-
-
-def triplet_neighbours(num_frames: int) -> List[Tuple[int, int]]:
-    """The two neighbours of every frame of a clip, nearer-in-time-and-later first.
-
-    Frame t uses (t+1, t+2), the published rule. The last two frames, which the research code
-    leaves without a mask, use the other two frames of the clip's last window of three:
-    T-2 uses (T-1, T-3) and T-1 uses (T-2, T-3). Every frame thus sees two distinct frames at
-    most two steps away, and a clip needs at least 3 frames.
-    """
-    if num_frames < MIN_CLIP_FRAMES:
-        raise ValueError(f"a clip needs at least {MIN_CLIP_FRAMES} frames, got {num_frames}")
-    last = num_frames - 1
-    pairs = [(t + 1, t + 2) for t in range(num_frames - 2)]
-    pairs += [(last, last - 2), (last - 1, last - 2)]
-    return pairs
-
-
 class JVLGS(nn.Module):
     def __init__(self, config: JVLGSConfig):
         super().__init__()

@@ -1,11 +1,40 @@
-"""CTC, the temporal correlation of a target frame with one neighbour (REFERENCE.md 6)."""
+"""CTC, the temporal correlation of a target frame with one neighbour (REFERENCE.md 6), and the triplet rule
+that says which two neighbours each frame of a clip is correlated with."""
 
-from typing import List
+from typing import List, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from leakseg.model.layers import ConvBN
+
+MIN_CLIP_FRAMES = 3
+
+
+def triplet_neighbours(num_frames: int) -> List[Tuple[int, int]]:
+    """The two neighbours of every frame of a clip, nearer-in-time-and-later first.
+
+    Frame t uses (t+1, t+2), the published rule. The last two frames, which the research code
+    leaves without a mask, use the other two frames of the clip's last window of three:
+    T-2 uses (T-1, T-3) and T-1 uses (T-2, T-3). Every frame thus sees two distinct frames at
+    most two steps away, and a clip needs at least 3 frames.
+    """
+    if num_frames < MIN_CLIP_FRAMES:
+        raise ValueError(f"a clip needs at least {MIN_CLIP_FRAMES} frames, got {num_frames}")
+    last = num_frames - 1
+    pairs = [(t + 1, t + 2) for t in range(num_frames - 2)]
+    pairs += [(last, last - 2), (last - 1, last - 2)]
+    return pairs
+
+
+def batch_neighbours(lengths: Sequence[int]) -> List[Tuple[int, int]]:
+    """Neighbour rows of several clips stacked in one batch: each clip's rule, offset by its first row."""
+    rows, start = [], 0
+    for length in lengths:
+        rows += [(a + start, b + start) for a, b in triplet_neighbours(length)]
+        start += length
+    return rows
+
 
 #: Max-pool subsampling of keys and values at each scale (strides 8, 16, 32).
 SUBSAMPLING = (2, 4, 8)

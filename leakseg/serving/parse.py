@@ -25,21 +25,16 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
 import re
-import zipfile
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, List, Mapping, Optional, Tuple
 
 import numpy as np
-from PIL import Image
 
-from leakseg.errors import InputError
-from leakseg.frames import SUPPORTED_DTYPES, decode_clip_array, decode_image
-from leakseg.manifest import ClipLimits
-from leakseg.schema import ErrorCode
+from leakseg.io.frames import ClipLimits, decode_clip_array, decode_images
+from leakseg.schema import ErrorCode, InputError
 
 MULTIPART = "multipart/form-data"
 JSON = "application/json"
@@ -209,91 +204,8 @@ def _json_type(value: Any) -> str:
 
 def decode_frames(request: ClipRequest, limits: ClipLimits, pool: Optional[Executor] = None,
                   ) -> Tuple[List[np.ndarray], List[str]]:
-    """The request's frames as arrays (image files decoded in parallel on ``pool``) and their names.
-
-    Sizes and counts are checked from the file headers first, so an oversized or
-    decompression-bomb frame is refused before any pixel is decoded.
-    """
+    """The request's frames as arrays and their names, by :mod:`leakseg.io.frames` (limits from headers first)."""
     if request.clip is not None:
-        check_array_header(request.clip, "clip", limits)
-        frames = decode_clip_array(request.clip, "clip")
+        frames = decode_clip_array(request.clip, "clip", limits)
         return frames, [f"clip[{i}]" for i in range(len(frames))]
-    if len(request.images) > limits.max_frames:
-        raise InputError(ErrorCode.TOO_MANY_FRAMES,
-                         f"at most {limits.max_frames} frames per request, got {len(request.images)}", "frames")
-    names = [name for name, _ in request.images]
-    jobs = [(data, name, limits.max_frame_pixels) for name, data in request.images]
-    frames = list(pool.map(decode_frame, *zip(*jobs))) if pool and jobs else [decode_frame(*j) for j in jobs]
-    return frames, names
-
-
-def decode_frame(data: bytes, name: str, max_pixels: int) -> np.ndarray:
-    """One image file, refused from its header when it has more than ``max_pixels`` pixels."""
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            width, height = img.size
-    except Image.DecompressionBombError as exc:  # Pillow refuses > ~179 Mpx already when opening
-        raise InputError(ErrorCode.FRAME_TOO_LARGE, f"{name}: {exc}; the limit is {max_pixels} pixels per frame",
-                         name) from exc
-    except Exception:  # noqa: BLE001 - not an image: decode_image below says so in its words
-        width = height = 0
-    if width * height > max_pixels:
-        raise InputError(ErrorCode.FRAME_TOO_LARGE,
-                         f"{name} is {width}x{height} pixels; the limit is {max_pixels} pixels per frame", name)
-    return decode_image(data, name)
-
-
-def check_array_header(data: bytes, name: str, limits: ClipLimits) -> None:
-    """Refuse a .npy/.npz clip by its header (dtype, shape, frame count, pixels, size) before loading it.
-
-    ``np.load`` allocates the whole array its header announces before reading, so a few bytes
-    announcing a huge array must be stopped here. Unreadable headers are left to decode_clip_array.
-    """
-    header = _array_header(data)
-    if header is None:
-        return
-    shape, dtype, payload = header
-    if dtype not in SUPPORTED_DTYPES:
-        raise InputError(ErrorCode.FRAME_DECODE_ERROR, f"{name} has dtype {dtype}; use uint8, uint16 or float32", name)
-    if len(shape) not in (3, 4) or (len(shape) == 4 and shape[3] != 3):
-        raise InputError(ErrorCode.FRAME_DECODE_ERROR,
-                         f"{name} has shape {shape}; expected T x H x W or T x H x W x 3", name)
-    frames, height, width = shape[:3]
-    if frames > limits.max_frames:
-        raise InputError(ErrorCode.TOO_MANY_FRAMES, f"at most {limits.max_frames} frames per request, got {frames}",
-                         name)
-    if height * width > limits.max_frame_pixels:
-        raise InputError(ErrorCode.FRAME_TOO_LARGE,
-                         f"{name} frames are {width}x{height} pixels; the limit is {limits.max_frame_pixels} "
-                         "pixels per frame", name)
-    needed = int(np.prod(shape)) * dtype.itemsize
-    if payload is not None and payload < needed:
-        raise InputError(ErrorCode.FRAME_DECODE_ERROR,
-                         f"{name} is truncated: its header announces {needed} bytes of data, it holds {payload}", name)
-
-
-def _array_header(data: bytes) -> Optional[Tuple[Tuple[int, ...], np.dtype, Optional[int]]]:
-    """(shape, dtype, bytes of data after the header or None when compressed) of a .npy/.npz; None if unreadable."""
-    try:
-        if data[:4] == b"PK\x03\x04":
-            with zipfile.ZipFile(io.BytesIO(data)) as zf:
-                members = zf.namelist()
-                if len(members) != 1:
-                    return None
-                with zf.open(members[0]) as fp:
-                    shape, dtype = _npy_header(fp)
-                return shape, dtype, None
-        fp = io.BytesIO(data)
-        shape, dtype = _npy_header(fp)
-        return shape, dtype, len(data) - fp.tell()
-    except Exception:  # noqa: BLE001 - anything unreadable is reported by decode_clip_array
-        return None
-
-
-def _npy_header(fp) -> Tuple[Tuple[int, ...], np.dtype]:
-    major, _ = np.lib.format.read_magic(fp)
-    read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-    shape, _, dtype = read(fp)
-    return tuple(int(s) for s in shape), np.dtype(dtype)
-
-
+    return decode_images(request.images, limits, pool), [name for name, _ in request.images]

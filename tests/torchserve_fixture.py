@@ -26,7 +26,7 @@ from typing import Dict
 
 import pytest
 
-from leakseg import serve
+from leakseg.serving import server as serve
 
 BATCH_SIZE = 4
 MAX_BATCH_DELAY_MS = 200

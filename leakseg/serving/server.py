@@ -34,8 +34,8 @@ import requests
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
-REPO_CONFIG = Path(__file__).resolve().parent.parent / "config.properties"
-PACKAGED_METRICS = Path(__file__).resolve().parent / "handler" / "metrics.yaml"
+REPO_CONFIG = Path(__file__).resolve().parents[2] / "config.properties"
+PACKAGED_METRICS = Path(__file__).resolve().parent / "metrics.yaml"
 DEFAULT_RUN_DIR = Path(".leakseg/serve")
 DEFAULT_LOG_DIR = Path("logs")
 STATE_FILE = "serve.json"

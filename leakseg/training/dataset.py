@@ -1,8 +1,8 @@
 """Read clips laid out as the authors' datasets are: ``ROOT/SCENE/images/*`` and ``ROOT/SCENE/masks/*``.
 
 Frames and masks are paired by file stem (``00012.png`` with ``00012.png`` or ``00012.jpg``) and ordered
-naturally (``2`` before ``10``). Images may be png, jpg, bmp or tif, grey or RGB (converted to grey), 8 or
-16 bit. Masks are read as "non-zero" when stored as 0/1 and as ">= 128" otherwise, which also copes with JPEG
+naturally (``2`` before ``10``). Frames are read by :func:`leakseg.io.frames.read_image`, exactly as a request's
+image files are decoded (grey stays grey, colour stays RGB, 16 bit stays 16 bit). Masks are read as "non-zero" when stored as 0/1 and as ">= 128" otherwise, which also copes with JPEG
 ringing around 0/255 masks.
 """
 
@@ -13,7 +13,7 @@ from typing import List, Optional, Tuple, Union
 
 import numpy as np
 
-from leakseg.frames import list_image_files, natural_key
+from leakseg.io.frames import list_image_files, natural_key, read_image
 
 PathLike = Union[str, Path]
 
@@ -31,28 +31,15 @@ def scene_frames(scene_dir: PathLike) -> List[Tuple[Path, Optional[Path]]]:
     return [(p, masks.get(p.stem)) for p in list_image_files(scene_dir / "images")]
 
 
-def read_image(path: PathLike) -> np.ndarray:
-    """One frame as a 2-D uint8 or uint16 array."""
-    from PIL import Image
-
-    with Image.open(path) as img:
-        if img.mode.startswith("I"):  # 16-bit grey comes as I;16* (or I, 32-bit, from older readers)
-            arr = np.asarray(img)
-            if arr.min() < 0 or arr.max() > 65535:
-                raise ValueError(f"{path}: {img.mode} values outside the uint16 range")
-            return arr.astype(np.uint16)
-        if img.mode != "L":
-            img = img.convert("L")  # RGB(A), palette, 1-bit: a grey frame repeated to 3 channels stays exact
-        return np.asarray(img, dtype=np.uint8).copy()
-
-
 def read_mask(path: PathLike) -> np.ndarray:
+    """A label image as bool H x W (a colour mask counts its brightest channel)."""
     arr = read_image(path)
+    arr = arr.max(axis=-1) if arr.ndim == 3 else arr
     return arr > 0 if arr.max(initial=0) <= 1 else arr >= (128 if arr.dtype == np.uint8 else 32768)
 
 
 def load_scene(scene_dir: PathLike) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-    """(frames T x H x W uint8/uint16, masks T x H x W bool) of one scene.
+    """(frames T x H x W [x 3] uint8/uint16, masks T x H x W bool) of one scene.
 
     ``masks`` is None when the scene has no ``masks`` folder (an unlabelled clip). If only some frames are
     labelled (IGS-Few keeps at most 30 per video) this raises; use :func:`scene_frames` to handle that.
@@ -67,6 +54,6 @@ def load_scene(scene_dir: PathLike) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     if missing:
         raise FileNotFoundError(f"{scene_dir}: no mask for {len(missing)} frame(s), e.g. {missing[0]}")
     masks = np.stack([read_mask(mask) for _, mask in pairs])
-    if masks.shape != frames.shape:
+    if masks.shape != frames.shape[:3]:
         raise ValueError(f"{scene_dir}: masks {masks.shape} do not match frames {frames.shape}")
     return frames, masks

@@ -1,4 +1,4 @@
-"""The TorchServe handler: transport, batching and errors around :class:`leakseg.pipeline.Predictor`.
+"""The TorchServe handler: transport, batching and errors around :class:`leakseg.inference.predictor.Predictor`.
 
 TorchServe calls ``handle(data, context)`` with a batch of up to ``batchSize`` requests. Each
 request is parsed and decoded on its own (frames decoded in parallel on a thread pool); every
@@ -21,15 +21,16 @@ from typing import List, Optional, Union
 
 import numpy as np
 
-from leakseg.errors import InputError
-from leakseg.handler.requests import content_type, decode_frames, parse_request
-from leakseg.pipeline import PreparedClip, Predictor, parse_options
-from leakseg.runtime import default_threads
+from leakseg.schema import InputError
+from leakseg.serving.parse import content_type, decode_frames, parse_request
+from leakseg.serving.oip import is_v2_input, request_from_envelope_input
+from leakseg.inference.predictor import PreparedClip, Predictor, parse_options
+from leakseg.inference.runtime import default_threads
 from leakseg.schema import ClipResult, ErrorCode, ModelDescription
 
 log = logging.getLogger(__name__)
 
-#: Custom metrics, declared in leakseg/handler/metrics.yaml (TorchServe 0.12 drops undeclared ones).
+#: Custom metrics, declared in leakseg/serving/metrics.yaml (TorchServe 0.12 drops undeclared ones).
 FRAMES_METRIC = "LeakSegFrames"
 LEAK_FRAMES_METRIC = "LeakSegLeakFrames"
 CLIPS_METRIC = "LeakSegClips"
@@ -47,7 +48,7 @@ class InternalError:
 
 
 class LeakSegHandler:
-    """TorchServe entry point (see leakseg/handler/torchserve_entry.py)."""
+    """TorchServe entry point (see leakseg/serving/torchserve_entry.py)."""
 
     def __init__(self) -> None:
         self.predictor: Optional[Predictor] = None
@@ -72,9 +73,7 @@ class LeakSegHandler:
 
     def _warm_up(self) -> None:
         """One dummy clip, so the first real request does not pay for the runtime's lazy set-up."""
-        limits = self.predictor.manifest.limits
-        frames = [np.zeros((64, 64), np.uint8)] * limits.min_frames
-        self.predictor.run([self.predictor.prepare(frames)])
+        self.predictor.predict([np.zeros((64, 64), np.uint8)] * self.predictor.limits.min_frames)
 
     # --- serving -------------------------------------------------------------------------------
     def handle(self, data: List[dict], context) -> List[str]:
@@ -90,30 +89,33 @@ class LeakSegHandler:
     def _outcomes(self, data: List[dict], context, ids: List[str]) -> List[Outcome]:
         """Each request on its own up to the model; then one graph call for all valid clips."""
         outcomes: List[Optional[Outcome]] = [None] * len(data)
-        clips = []
+        clips, decode_ms = [], {}
         for i, parts in enumerate(data):
+            t0 = time.perf_counter()
             outcome = self._request(parts, context, i, ids[i])
             if isinstance(outcome, PreparedClip):
                 clips.append((i, outcome))
+                decode_ms[i] = (time.perf_counter() - t0) * 1000.0 - outcome.prepare_ms
             else:
                 outcomes[i] = outcome
         for i, result in self._run(clips, ids):
+            if isinstance(result, ClipResult):
+                _stamp(result, ids[i], decode_ms[i])
             outcomes[i] = result
         return outcomes
 
     def _request(self, parts: dict, context, idx: int, rid: str) -> Union[PreparedClip, Outcome]:
         """Parse, check, decode (frames in parallel on the pool) and preprocess one request."""
-        t0 = time.perf_counter()
         try:
-            request = parse_request(parts, content_type(context.get_all_request_header(idx)))
+            if is_v2_input(parts):  # one input of a v2 request, from KServe's kservev2 envelope (docs/DEPLOY.md)
+                request = request_from_envelope_input(parts)
+            else:
+                request = parse_request(parts, content_type(context.get_all_request_header(idx)))
             if request.describe:
                 return self.predictor.describe()
-            # The cheap checks first: no decoding for a request that will fail anyway.
-            parse_options(request.options, self.predictor.manifest.postprocess)
-            self.predictor.bank.resolve(request.prompts)
-            frames, names = decode_frames(request, self.predictor.manifest.limits, self._pool)
-            return self.predictor.prepare(frames, request.prompts, request.options, names=names, request_id=rid,
-                                          decode_ms=(time.perf_counter() - t0) * 1000.0)
+            settings = self.predictor.settings(request.prompts, request.options)  # cheap checks before decoding
+            frames, names = decode_frames(request, self.predictor.limits, self._pool)
+            return self.predictor.prepare(frames, settings, names)
         except InputError as exc:
             return exc
         except Exception:  # noqa: BLE001 - one request's surprise must not fail the batch
@@ -183,6 +185,14 @@ class LeakSegHandler:
 
 
 # --- helpers -------------------------------------------------------------------------------------
+
+
+def _stamp(result: ClipResult, request_id: str, decode_ms: float) -> None:
+    """The transport's facts on a result: its request id and the time spent decoding its frames."""
+    result.request_id = request_id
+    t = result.timings
+    t.decode_ms += decode_ms
+    t.total_ms += decode_ms
 
 
 def _request_id(context, idx: int) -> str:

@@ -1,6 +1,6 @@
-"""Evaluate an archive on a labelled dataset (SCENE/images, SCENE/masks) with leakseg.metrics.
+"""Evaluate an archive on a labelled dataset (SCENE/images, SCENE/masks) with leakseg.training.metrics.
 
-Every scene goes through :class:`leakseg.pipeline.Predictor` exactly as a request would (same
+Every scene goes through :class:`leakseg.inference.predictor.Predictor` exactly as a request would (same
 preprocessing, graph and post-processing), and its masks are scored against the ground truth:
 J (IoU), F (pixel F1) and J&F as published (frames where prediction and truth are both empty are
 skipped), the false-alarm rate (share of leak-free frames with a non-empty mask) and clip-level
@@ -23,15 +23,15 @@ class EvaluationReport:
     per_video: Dict[str, Dict]
 
     def table(self, per_video: bool = True) -> str:
-        from leakseg.metrics import format_table
+        from leakseg.training.metrics import format_table
 
         return format_table(self.summary, self.per_video if per_video else None)
 
 
 def evaluate_predictor(predictor, data: Union[str, Path], options: Optional[dict] = None,
                        prompts=None, progress: bool = False) -> EvaluationReport:
-    from leakseg.data.dataset import list_scenes, load_scene
-    from leakseg.metrics import SegmentationMetrics
+    from leakseg.training.dataset import list_scenes, load_scene
+    from leakseg.training.metrics import SegmentationMetrics
 
     scenes = list_scenes(data)
     if not scenes:
@@ -61,7 +61,7 @@ def evaluate_predictor(predictor, data: Union[str, Path], options: Optional[dict
 def evaluate_archive(archive: Union[str, Path], data: Union[str, Path], options: Optional[dict] = None,
                      prompts=None, device: str = "auto", threads: Optional[int] = None,
                      progress: bool = False) -> EvaluationReport:
-    from leakseg.pipeline import Predictor
+    from leakseg.inference.predictor import Predictor
 
     predictor = Predictor.from_archive(archive, device=device, threads=threads)
     return evaluate_predictor(predictor, data, options, prompts, progress)

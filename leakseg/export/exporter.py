@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from leakseg import __version__
-from leakseg.manifest import GRAPH_FILES, PROMPT_BANK_FILE, ArchiveManifest, ClipLimits
+from leakseg.inference.manifest import GRAPH_FILES, PROMPT_BANK_FILE, ArchiveManifest
+from leakseg.io.frames import ClipLimits
 from leakseg.schema import ClipOptions
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ class ExportOptions:
     postprocess: dict = field(default_factory=dict)
 
     def postprocess_defaults(self) -> ClipOptions:
-        from leakseg.export.checkpoint import native_postprocess_defaults
+        from leakseg.model.checkpoint import native_postprocess_defaults
 
         return ClipOptions(**{**native_postprocess_defaults(self.checkpoint), **self.postprocess})
 
@@ -63,8 +64,8 @@ def import_model(opts: ExportOptions):
     Returns (model, bank, text_model): a native checkpoint brings its prompt bank and no
     text model; an authors' checkpoint brings its fine-tuned text model.
     """
-    from leakseg.export.checkpoint import import_authors_checkpoint, is_native_checkpoint, load_native
-    from leakseg.export.text import build_text_model, load_text_model_dir
+    from leakseg.model.checkpoint import import_authors_checkpoint, is_native_checkpoint, load_native
+    from leakseg.model.text import build_text_model, load_text_model_dir
 
     if is_native_checkpoint(opts.checkpoint):
         model, bank = load_native(opts.checkpoint)
@@ -80,9 +81,9 @@ def import_model(opts: ExportOptions):
 
 def make_prompt_bank(opts: ExportOptions, model, bank, text_model):
     """Step 2: embeddings of the P prompts and the extra ones, computed once."""
-    from leakseg.export.text import build_prompt_bank
-    from leakseg.export.tokenizer import load_tokenizer
-    from leakseg.prompts import PromptBank
+    from leakseg.model.text import build_prompt_bank
+    from leakseg.model.tokenizer import load_tokenizer
+    from leakseg.model.prompts import PromptBank
 
     defaults = opts.prompts or (bank.defaults if bank else model.config.prompts)
     wanted = [*defaults, *opts.extra_prompts]
@@ -102,9 +103,9 @@ def make_prompt_bank(opts: ExportOptions, model, bank, text_model):
 
 def export_archive(opts: ExportOptions) -> Path:
     from leakseg.export.archive import write_archive
-    from leakseg.export.checkpoint import checkpoint_sha256
+    from leakseg.model.checkpoint import checkpoint_sha256
     from leakseg.export.graph import MAX_LOGIT_ERROR, OPSET, export_onnx, export_torchscript, max_logit_error
-    from leakseg.runtime import load_graph
+    from leakseg.inference.runtime import load_graph
 
     if opts.format not in GRAPH_FILES:
         raise ValueError(f"--format must be one of {sorted(GRAPH_FILES)}")

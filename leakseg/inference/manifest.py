@@ -1,24 +1,19 @@
-"""The archive manifest: what a .mar holds and how to run it. Written by export, read by the pipeline."""
+"""The archive manifest: what a .mar holds and how to run it. Written by export, read by the Predictor."""
 
 from __future__ import annotations
 
+import zipfile
+from pathlib import Path
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from leakseg.io.frames import ClipLimits
 from leakseg.schema import ClipOptions
 
 MANIFEST_FILE = "leakseg_manifest.json"
 PROMPT_BANK_FILE = "prompt_bank.safetensors"
 GRAPH_FILES = {"onnx": "graph.onnx", "torchscript": "graph.pt"}
-
-
-class ClipLimits(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    min_frames: int = 3
-    max_frames: int = Field(32, description="Frames per request; the body limit is config.properties' max_request_size.")
-    max_frame_pixels: int = Field(2048 * 2048, description="Height x width of one frame.")
 
 
 class ArchiveManifest(BaseModel):
@@ -37,3 +32,10 @@ class ArchiveManifest(BaseModel):
     checkpoint_sha256: str
     max_abs_logit_error: float = Field(..., description="exported graph vs eager model, measured at export")
     opset: Optional[int] = None
+
+
+def extract_archive(mar_path: Path, into: Path) -> Path:
+    """Unzip a .mar (a zip file) into the folder ``into``, as TorchServe does, and return it."""
+    with zipfile.ZipFile(mar_path) as zf:
+        zf.extractall(into)
+    return into

@@ -12,8 +12,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from leakseg.errors import InputError
-from leakseg.schema import ErrorCode
+from leakseg.schema import ErrorCode, InputError
 
 
 class PromptBank:
@@ -55,14 +54,18 @@ class PromptBank:
         if unknown:
             raise InputError(
                 ErrorCode.UNKNOWN_PROMPT,
-                f"unknown prompt(s) {unknown}; available: {self.prompts}",
+                f"unknown prompt(s) {[_shorten(p) for p in unknown[:4]]}; available: {self.prompts}",
                 "prompts",
             )
         return list(prompts)
 
     def matrix(self, prompts: Optional[Sequence[str]] = None) -> np.ndarray:
         """E, the D x P text matrix for a prompt list (the defaults when None)."""
-        rows = [self._index[p] for p in self.resolve(prompts)]
+        return self.matrix_of(self.resolve(prompts))
+
+    def matrix_of(self, resolved: Sequence[str]) -> np.ndarray:
+        """E for a prompt list :meth:`resolve` has already checked."""
+        rows = [self._index[p] for p in resolved]
         return np.ascontiguousarray(self.embeddings[rows].T)
 
     def to_tensors(self) -> Dict[str, np.ndarray]:
@@ -88,3 +91,8 @@ class PromptBank:
             meta = json.loads(f.metadata()["prompt_bank"])
             tensors = {k: f.get_tensor(k) for k in f.keys()}
         return cls.from_parts(tensors, meta)
+
+
+def _shorten(text: str, limit: int = 60) -> str:
+    """A prompt as an error message may quote it: error bodies stay small whatever the request holds."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"

@@ -13,8 +13,7 @@ from typing import List, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from leakseg.client.inputs import Frames, load_frames
-from leakseg.frames import to_uint8_clip
+from leakseg.io.frames import load_clip, to_uint8_clip
 from leakseg.schema import ClipResult
 
 RGB = Tuple[int, int, int]
@@ -25,7 +24,7 @@ _REFUSED_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", 
 
 
 def render_overlays(
-    frames: Union[Frames, np.ndarray],
+    frames,
     result: ClipResult,
     *,
     color: RGB = (255, 80, 0),
@@ -37,9 +36,10 @@ def render_overlays(
     """One RGB image per frame: the frame, its mask tinted ``color`` at ``alpha``, the mask's
     outline in ``outline_color``, and (``label``) the frame index and leak area in a corner.
 
-    ``frames`` is anything :meth:`LeakSegClient.segment` accepts; ``result`` must carry masks.
+    ``frames`` is anything :meth:`LeakSegClient.segment` accepts (see :func:`leakseg.io.frames.load_clip`);
+    ``result`` must carry masks.
     """
-    clip = frames if isinstance(frames, np.ndarray) and frames.ndim in (3, 4) else load_frames(frames)
+    clip = load_clip(frames)
     masks = result.masks()
     if clip.shape[0] != masks.shape[0] or clip.shape[1:3] != masks.shape[1:]:
         raise ValueError(f"frames {clip.shape} do not match the result's masks {masks.shape}")

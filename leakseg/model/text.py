@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from leakseg.model.config import TextModelConfig
-from leakseg.prompts import PromptBank
+from leakseg.model.prompts import PromptBank
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from typing import Dict, Iterable, List, Optional, Tuple, Union
 import torch
 
 from leakseg.model import PVT_VARIANTS, JVLGS, JVLGSConfig, TextModelConfig, build_model
-from leakseg.prompts import PromptBank
+from leakseg.model.prompts import PromptBank
 
 PVT_PREFIX = "backbone.encoder.pvtv2_en."
 TEXT_PREFIX = "nlpmodel."

@@ -540,7 +540,7 @@ def simulate_clip(
     density = camera.crop(density)  # the label moves with the shaken view, but is not blurred
     masks = density > visibility_threshold
     meta = {
-        "generator": "leakseg.data.synth", "version": GENERATOR_VERSION, "seed": int(seed),
+        "generator": "leakseg.training.synth", "version": GENERATOR_VERSION, "seed": int(seed),
         "frames": frames, "height": height, "width": width, "bit_depth": bit_depth, "leak": leak,
         "visibility_threshold": visibility_threshold,
         "emission": {"first_frame": window[0], "stop_frame": window[1]} if window else None,

@@ -1,0 +1,225 @@
+"""The one inference path: frames -> checks -> preprocessing -> graph -> post-processing -> ClipResult.
+
+``Predictor`` is the entry point for every caller: the TorchServe handler, the KServe runtime,
+`leakseg predict`, `leakseg evaluate` and validation during training::
+
+    predictor = Predictor.from_archive("model_store/jvlgs.mar")   # or Predictor.from_model(net, bank)
+    result = predictor.predict(frames)                             # one clip
+    settings = predictor.settings(prompts, options)                # a request's cheap checks, once
+    results = predictor.run([predictor.prepare(f, settings) for f in clips])   # several, one graph call
+
+``settings`` and ``prepare`` raise ``InputError`` (code, message, field); ``run`` puts the frames
+of all prepared clips through ONE graph call, so a TorchServe batch costs one forward.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence, Union
+
+import numpy as np
+from pydantic import ValidationError
+
+from leakseg.inference.manifest import MANIFEST_FILE, ArchiveManifest, extract_archive
+from leakseg.inference.postprocess import FrameFacts, postprocess
+from leakseg.inference.preprocess import preprocess_clip
+from leakseg.inference.runtime import TorchGraph, load_graph
+from leakseg.io.frames import ClipLimits, check_clip, to_uint8_clip
+from leakseg.model.prompts import PromptBank
+from leakseg.model.temporal import batch_neighbours
+from leakseg.schema import (
+    BoundingBox, ClipInfo, ClipOptions, ClipResult, ErrorCode, FrameResult, InputError, ModelDescription,
+    ModelInfo, Point, ProbabilityMap, RLEMask, Timings,
+)
+from leakseg.utils.rle import encode_rle
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RequestSettings:
+    """What a request chose, checked: its prompts (and their text matrix) and its options."""
+
+    prompts: List[str]
+    text: np.ndarray  # (D, P) the text matrix
+    options: ClipOptions
+
+
+@dataclass
+class PreparedClip:
+    """A checked, preprocessed clip, ready for the graph."""
+
+    tensor: np.ndarray  # (T, 3, S, S) float32
+    settings: RequestSettings
+    height: int
+    width: int
+    prepare_ms: float = 0.0
+
+    @property
+    def num_frames(self) -> int:
+        return self.tensor.shape[0]
+
+
+def parse_options(raw, defaults: ClipOptions) -> ClipOptions:
+    """Request options over the defaults; bad ones become ``invalid_options``."""
+    if raw is None:
+        return defaults
+    if isinstance(raw, ClipOptions):
+        return raw
+    if not isinstance(raw, dict):
+        raise InputError(ErrorCode.INVALID_OPTIONS, "options must be a JSON object", "options")
+    try:
+        return ClipOptions.model_validate({**defaults.model_dump(), **raw})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = ".".join(str(p) for p in first["loc"]) or "options"
+        raise InputError(ErrorCode.INVALID_OPTIONS, f"options.{name[:80]}: {first['msg']}", f"options.{name[:80]}") from exc
+
+
+class Predictor:
+    def __init__(self, graph, bank: PromptBank, *, name: str, version: str, config: dict,
+                 defaults: Optional[ClipOptions] = None, limits: Optional[ClipLimits] = None,
+                 manifest: Optional[ArchiveManifest] = None, prepare_threads: int = 4):
+        self.graph = graph
+        self.bank = bank
+        self.name, self.version, self.config = name, version, config
+        self.defaults = defaults or ClipOptions()
+        self.limits = limits or ClipLimits()
+        self.manifest = manifest  # None for a Predictor around an eager model
+        self.input_size = int(config["input_size"])
+        # PIL releases the GIL while resizing, so the frames of a clip are preprocessed in parallel.
+        self._pool = ThreadPoolExecutor(max_workers=prepare_threads, thread_name_prefix="leakseg-prep")
+
+    # --- loading ---------------------------------------------------------------------------
+    @classmethod
+    def from_model_dir(cls, model_dir: Union[str, Path], device: str = "auto", threads: Optional[int] = None) -> "Predictor":
+        """From an extracted archive (what TorchServe hands a handler)."""
+        d = Path(model_dir)
+        manifest = ArchiveManifest.model_validate_json((d / MANIFEST_FILE).read_text())
+        graph = load_graph(str(d / manifest.graph_file), manifest.format, device, threads)
+        bank = PromptBank.load(d / manifest.prompt_bank_file)
+        log.info("loaded %s v%s (%s, %s)", manifest.name, manifest.version, manifest.config["backbone"], graph.name)
+        return cls(graph, bank, name=manifest.name, version=manifest.version, config=manifest.config,
+                   defaults=manifest.postprocess, limits=manifest.limits, manifest=manifest)
+
+    @classmethod
+    def from_archive(cls, path: Union[str, Path], device: str = "auto", threads: Optional[int] = None) -> "Predictor":
+        """From a .mar file or an extracted archive folder. A .mar is unpacked into a private
+        temporary folder that is removed once the graph and the prompt bank are in memory."""
+        p = Path(path)
+        if p.is_dir():
+            return cls.from_model_dir(p, device, threads)
+        with tempfile.TemporaryDirectory(prefix="leakseg-model-") as tmp:
+            return cls.from_model_dir(extract_archive(p, Path(tmp)), device, threads)
+
+    @classmethod
+    def from_model(cls, model, bank: PromptBank, *, defaults: Optional[ClipOptions] = None,
+                   limits: Optional[ClipLimits] = None, device: str = "auto", threads: Optional[int] = None,
+                   input_size: Optional[int] = None, name: str = "eager", version: str = "0") -> "Predictor":
+        """Around an eager network (validation during training, evaluation of a checkpoint): the same
+        checks, preprocessing and post-processing as an archive, at the config's input size or
+        ``input_size``. Puts the model in eval mode."""
+        graph = TorchGraph(model, device, threads, name="eager")
+        config = model.config.to_dict()
+        if input_size is not None:
+            config["input_size"] = int(input_size)
+        return cls(graph, bank, name=name, version=version, config=config, defaults=defaults, limits=limits)
+
+    # --- requests ----------------------------------------------------------------------------
+    def describe(self) -> ModelDescription:
+        return ModelDescription(
+            name=self.name,
+            version=self.version,
+            backbone=self.config["backbone"],
+            input_size=self.input_size,
+            prompt_count=self.bank.prompt_count,
+            default_prompts=self.bank.defaults,
+            available_prompts=self.bank.prompts,
+            min_frames=self.limits.min_frames,
+            max_frames=self.limits.max_frames,
+            max_frame_pixels=self.limits.max_frame_pixels,
+            defaults=self.defaults,
+            runtime=self.graph.name,
+        )
+
+    def settings(self, prompts=None, options=None) -> RequestSettings:
+        """A request's prompts and options, checked against the bank and the defaults (no frames needed)."""
+        opts = parse_options(options, self.defaults)
+        chosen = self.bank.resolve(prompts)
+        return RequestSettings(prompts=chosen, text=self.bank.matrix_of(chosen), options=opts)
+
+    def prepare(self, frames: Sequence[np.ndarray], settings: Optional[RequestSettings] = None,
+                names: Optional[Sequence[str]] = None) -> PreparedClip:
+        """Check a clip against the limits and preprocess it. Raises InputError."""
+        t0 = time.perf_counter()
+        settings = settings or self.settings()
+        check_clip(frames, self.limits, names)
+        tensor = preprocess_clip(to_uint8_clip(frames), self.input_size, self._pool)
+        h, w = frames[0].shape[:2]
+        return PreparedClip(tensor=tensor, settings=settings, height=h, width=w,
+                            prepare_ms=(time.perf_counter() - t0) * 1000.0)
+
+    def run(self, clips: Sequence[PreparedClip]) -> List[ClipResult]:
+        """All frames of all clips through one graph call, then per-clip post-processing."""
+        if not clips:
+            return []
+        t0 = time.perf_counter()
+        frames = np.concatenate([c.tensor for c in clips])
+        text = np.concatenate([np.broadcast_to(c.settings.text, (c.num_frames, *c.settings.text.shape)) for c in clips])
+        neighbours = np.asarray(batch_neighbours([c.num_frames for c in clips]), dtype=np.int64)
+        logits = self.graph(frames, np.ascontiguousarray(text, dtype=np.float32), neighbours)
+        model_ms = (time.perf_counter() - t0) * 1000.0 / len(clips)  # the shared forward, split evenly
+        results, start = [], 0
+        for c in clips:
+            t1 = time.perf_counter()
+            facts = postprocess(logits[start : start + c.num_frames], c.height, c.width, c.settings.options)
+            start += c.num_frames
+            result = self._result(c, facts)
+            post_ms = (time.perf_counter() - t1) * 1000.0
+            result.timings = Timings(decode_ms=c.prepare_ms, model_ms=model_ms, postprocess_ms=post_ms,
+                                     total_ms=c.prepare_ms + model_ms + post_ms)
+            results.append(result)
+        return results
+
+    def predict(self, frames: Sequence[np.ndarray], prompts=None, options=None,
+                names: Optional[Sequence[str]] = None) -> ClipResult:
+        return self.run([self.prepare(frames, self.settings(prompts, options), names)])[0]
+
+    # --- results ---------------------------------------------------------------------------
+    def _result(self, clip: PreparedClip, facts: FrameFacts) -> ClipResult:
+        pixels = clip.height * clip.width
+        frames = []
+        for i in range(clip.num_frames):
+            area = int(facts.area[i])
+            x, y, w, h = (int(v) for v in facts.bbox[i])
+            frames.append(FrameResult(
+                index=i,
+                leak=area > 0,
+                area_pixels=area,
+                area_fraction=area / pixels,
+                bbox=BoundingBox(x=x, y=y, width=w, height=h) if area else None,
+                centroid=Point(x=float(facts.centroid[i, 0]), y=float(facts.centroid[i, 1])) if area else None,
+                max_score=float(facts.max_score[i]),
+                mask=RLEMask(**encode_rle(facts.masks[i])) if clip.settings.options.return_masks else None,
+                probability=_probability_map(facts.probability[i]) if facts.probability is not None else None,
+            ))
+        leak_frames = [f.index for f in frames if f.leak]
+        return ClipResult(
+            model=ModelInfo(name=self.name, version=self.version, prompts=clip.settings.prompts),
+            clip=ClipInfo(
+                frames=clip.num_frames, height=clip.height, width=clip.width,
+                leak_detected=bool(leak_frames), leak_frames=leak_frames,
+                max_leak_fraction=max(f.area_fraction for f in frames),
+            ),
+            frames=frames,
+        )
+
+
+def _probability_map(p: np.ndarray) -> ProbabilityMap:
+    return ProbabilityMap(size=list(p.shape), data=base64.b64encode(np.ascontiguousarray(p).tobytes()).decode("ascii"))

@@ -1,0 +1,73 @@
+"""Where training starts: an authors' checkpoint, a native leakseg checkpoint, or scratch.
+
+The text path is never trained. The text matrix E (D x P) is a constant:
+
+* native checkpoint: its prompt bank's embeddings of its default prompts;
+* authors' ``.pth``: its own OWLv2 text model, frozen, embeds the prompts once before training
+  (exactly what `leakseg export` would compute); the text weights are not saved, the embeddings are;
+* scratch: :func:`scratch_prompt_bank`, fixed seeded embeddings (no pretrained text model exists
+  here), described in the saved config under ``prompt_bank_note``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from leakseg.model import DEFAULT_PROMPTS, JVLGS, build_model
+from leakseg.model.prompts import PromptBank
+
+SCRATCH_BANK_SEED = 20240531
+SCRATCH_BANK_NOTE = (
+    "Scratch training: no pretrained OWLv2 text model was available, so the prompt embeddings are NOT "
+    "OWLv2's. They are fixed and derived deterministically: for the prompt list in order, a D x P matrix "
+    "of standard normals from numpy.random.default_rng({seed}) is orthonormalised by a reduced QR "
+    "decomposition (numpy.linalg.qr, signs fixed so diag(R) > 0) and scaled by sqrt(D), so prompt j's "
+    "embedding is sqrt(D) * Q[:, j] (unit-variance entries, mutually orthogonal). The prompt strings "
+    "are labels only; these vectors carry no language meaning and the bank cannot embed new prompts."
+)
+
+
+def scratch_prompt_bank(prompts: Sequence[str] = DEFAULT_PROMPTS, dim: int = 512, seed: int = SCRATCH_BANK_SEED) -> PromptBank:
+    """Fixed, seeded orthogonal prompt embeddings (see ``SCRATCH_BANK_NOTE``)."""
+    prompts = list(prompts)
+    g = np.random.default_rng(seed).standard_normal((dim, len(prompts)))
+    q, r = np.linalg.qr(g)
+    q = q * np.sign(np.diag(r))[None, :]
+    emb = np.ascontiguousarray(math.sqrt(dim) * q.T, dtype=np.float32)  # (P, D)
+    return PromptBank(prompts, emb, prompts)
+
+
+def load_start(init: Optional[Union[str, Path]], backbone: str = "pvt_v2_b0") -> Tuple[JVLGS, PromptBank, dict]:
+    """(model, prompt bank, provenance) from an authors' .pth, a native folder, or scratch (init None)."""
+    from leakseg.model.checkpoint import import_authors_checkpoint, is_native_checkpoint, load_native
+
+    if init is None:
+        model = build_model(backbone)
+        bank = scratch_prompt_bank(model.config.prompts, model.config.text_dim)
+        return model, bank, {"start": f"scratch ({backbone}, random init, no pretrained weights)",
+                             "prompt_bank_note": SCRATCH_BANK_NOTE.format(seed=SCRATCH_BANK_SEED)}
+    if is_native_checkpoint(init):
+        model, bank = load_native(init)
+        raw = json.loads((Path(init) / "config.json").read_text())
+        info = {"start": f"native checkpoint {Path(init).name}"}
+        if "prompt_bank_note" in raw:
+            info["prompt_bank_note"] = raw["prompt_bank_note"]
+        return model, bank, info
+    from leakseg.model.text import build_prompt_bank, build_text_model
+    from leakseg.model.tokenizer import load_tokenizer
+
+    model, text_sd = import_authors_checkpoint(init)
+    if not text_sd:
+        raise ValueError(f"{init} has no text model (nlpmodel.*) to embed the prompts with")
+    text_model = build_text_model(model.config.text_model, text_sd).eval()
+    for p in text_model.parameters():
+        p.requires_grad_(False)
+    bank = build_prompt_bank(text_model, load_tokenizer(None), model.config.prompts)
+    return model, bank, {"start": f"authors' checkpoint {Path(init).name}",
+                         "prompt_bank_note": "embeddings of the prompts by the checkpoint's own OWLv2 text model, "
+                                             "frozen during fine-tuning (the text model is not saved)"}
