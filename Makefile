@@ -4,9 +4,20 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO := .leakseg/demo
 
-.PHONY: setup test test-fast demo bench schema clean
+.PHONY: setup test test-fast demo bench schema clean system-deps demo-monitor
 
-setup: $(VENV)/.installed
+setup: system-deps $(VENV)/.installed
+
+# System packages for `leakseg monitor`'s tests and demo (Debian): the mosquitto MQTT broker and
+# GStreamer's RTSP server (run by the system python3). Installed only when missing; never fatal.
+system-deps:
+	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || \
+		(apt-get install -y -qq mosquitto >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq mosquitto) || \
+		echo "warning: could not install mosquitto (MQTT tests will be skipped)")
+	@/usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0')" >/dev/null 2>&1 || \
+		(apt-get install -y -qq python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good >/dev/null 2>&1 || \
+		(apt-get update -qq && apt-get install -y -qq python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good) || \
+		echo "warning: could not install GStreamer's RTSP server (the RTSP test will be skipped)")
 
 # One editable install with every extra: export, serve (TorchServe), test tools, video.
 $(VENV)/.installed: pyproject.toml
@@ -30,6 +41,11 @@ demo: setup
 	$(BIN)/leakseg segment --url http://127.0.0.1:8080 --key-file .leakseg/serve/key_file.json --model jvlgs $(DEMO)/clips/*/images/*.png \
 		--out $(DEMO)/result.json --overlay $(DEMO)/overlay.gif; \
 		status=$$?; $(BIN)/leakseg serve --stop; exit $$status
+
+# `leakseg monitor` on a synthetic leak video: the alarm arriving over MQTT and OPC UA (docs/SCADA.md).
+demo-monitor: setup
+	$(BIN)/leakseg export --checkpoint model_store/jvlgs-default --name jvlgs --output-dir model_store
+	$(BIN)/python examples/monitor_demo.py --archive model_store/jvlgs.mar
 
 bench: setup
 	$(BIN)/python benchmarks/bench_model.py

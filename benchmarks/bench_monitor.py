@@ -1,0 +1,249 @@
+"""How much `leakseg monitor` one model keeps up with, how fast an alarm reaches SCADA, and whether memory stays flat.
+
+    python benchmarks/bench_monitor.py                       # the bundled default model, in process
+    python benchmarks/bench_monitor.py --url http://127.0.0.1:8080 --key-file .leakseg/serve/key_file.json
+    python benchmarks/bench_monitor.py --minutes 10          # the memory soak the issue asks for
+
+Three measurements, in one run, on this machine:
+
+1. capacity: ``--cameras`` cameras replay a recording as fast as the model takes it (``realtime: false``,
+   no drops) for ``--capacity-seconds``; analysed frames per second over all cameras = what one model
+   sustains, so cameras at ``analysis_fps`` f = capacity / f;
+2. latency: one live camera (a video paced at its frame rate, analysis_fps ``--fps``) whose plume comes and
+   goes every 2 s; the alarm rule raises and clears often (k = n = clear = 1, threshold halfway between
+   the model's median areas without and with the plume). For every
+   LEAK alarm: (time the OPC UA client / the MQTT client received it) - (arrival time of the frame that
+   raised it), p50 and p99. It includes the wait for the window to fill (clip_frames - 2 frames at --fps)
+   and the model's time;
+3. memory: the same live camera for ``--minutes``; RSS every 10 s; growth = last minute's mean over the
+   first minute's mean (after a one-minute warm-up).
+
+Needs mosquitto for the MQTT part (skipped with a note otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from monitor_fixtures import free_port, wait_port  # noqa: E402
+from monitor_media import sequence, write_video  # noqa: E402
+
+from leakseg.monitor.config import parse_config  # noqa: E402
+from leakseg.monitor.runner import ArchiveSegmenter, Monitor, ServiceSegmenter  # noqa: E402
+from leakseg.monitor.sinks import build_sinks  # noqa: E402
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def pct(values, q):
+    if not values:
+        return float("nan")
+    return float(np.percentile(np.asarray(values), q))
+
+
+def make_segmenter(args, work: Path):
+    if args.url:
+        return ServiceSegmenter(args.url, args.model, args.key_file, "LEAKSEG_TOKEN", 300, args.cameras + 2)
+    archive = args.archive
+    if archive is None:
+        from leakseg.export.exporter import ExportOptions, export_archive
+
+        print("exporting the bundled default model ...", flush=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            archive = export_archive(ExportOptions(checkpoint=REPO / "model_store" / "jvlgs-default", name="jvlgs",
+                                                   output_dir=work / "store"))
+    return ArchiveSegmenter(str(archive))
+
+
+def capacity(args, segmenter, work: Path) -> dict:
+    video = write_video(work / "replay.mkv", sequence(400, plume_frames=range(100, 250)), fps=10)
+    cfg = parse_config({
+        "service": {"concurrency": args.concurrency},
+        "evidence_dir": str(work / "ev-cap"),
+        "cameras": [{"name": f"cam{i}", "source": str(video), "realtime": False, "analysis_fps": None,
+                     "clip_frames": args.clip_frames, "loop": True, "faults": {"stale_seconds": 3600}}
+                    for i in range(args.cameras)],
+        "sinks": {"jsonl": None},
+    })
+    monitor = Monitor(cfg, segmenter, [], status_table=False)
+    t = threading.Thread(target=monitor.run, daemon=True)
+    t.start()
+    monitor.started.wait(120)
+    time.sleep(args.warmup)
+    n0, t0 = sum(c.logic.frames_analysed for c in monitor.cameras.values()), time.monotonic()
+    time.sleep(args.capacity_seconds)
+    n1, t1 = sum(c.logic.frames_analysed for c in monitor.cameras.values()), time.monotonic()
+    monitor.request_stop()
+    t.join(300)
+    fps = (n1 - n0) / (t1 - t0)
+    return {"analysed_fps": fps, "cameras_at_5fps": fps / 5, "cameras_at_1fps": fps / 1,
+            "clip_frames": args.clip_frames, "cameras": args.cameras}
+
+
+def live(args, segmenter, work: Path, broker_port) -> dict:
+    """Latency (OPC UA, MQTT) and RSS over --minutes with one live camera."""
+    from asyncua import Client
+
+    # the plume comes and goes every 4 s of video; the video loops
+    frames = sequence(80, plume_frames=[i for i in range(80) if (i // 20) % 2 == 1])
+    video = write_video(work / "live.mkv", frames, fps=10)
+    opc_port = free_port()
+    sinks = {"jsonl": {"path": str(work / "events.jsonl")},
+             "opcua": {"endpoint": f"opc.tcp://127.0.0.1:{opc_port}/leakseg"}}
+    if broker_port:
+        sinks["mqtt"] = {"port": broker_port, "topic_prefix": "bench"}
+    # threshold: halfway between the median plume area the model gives on a window without the plume
+    # and on one with it (both measured here), so the alarm follows the plume as well as the model does
+    def median_area(start):
+        probe = segmenter.segment(np.stack(frames[start:start + args.clip_frames]), None, {})
+        return float(np.median([f.area_pixels for f in probe.frames]))
+
+    threshold = max(1, int((median_area(0) + median_area(20)) / 2))
+    cfg = parse_config({
+        "service": {"concurrency": 1},
+        "evidence_dir": str(work / "ev-live"),
+        "cameras": [{"name": "live", "source": str(video), "loop": True, "analysis_fps": args.fps,
+                     "clip_frames": args.clip_frames,
+                     "alarm": {"min_area_pixels": threshold, "k": 1, "n": 1, "clear_frames": 1}}],
+        "sinks": sinks,
+    })
+    monitor = Monitor(cfg, segmenter, build_sinks(cfg), status_table=False)
+    opc_lat, mqtt_lat, rss = [], [], []
+
+    if broker_port:
+        import paho.mqtt.client as mqtt
+
+        def on_message(c, u, m):
+            now = time.time()
+            body = json.loads(m.payload)
+            if body["type"] == "alarm_raised" and body["alarm"]["kind"] == "LEAK":
+                mqtt_lat.append(now - body["alarm"]["start"])
+
+        mc = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2)
+        mc.on_message = on_message
+        mc.on_connect = lambda c, u, f, rc, p=None: c.subscribe("bench/live/event", qos=1)
+        mc.connect("127.0.0.1", broker_port)
+        mc.loop_start()
+
+    class Handler:
+        def event_notification(self, ev):
+            now = time.time()
+            if ev.ConditionName == "LEAK" and ev.Transition == "raised":
+                start = monitor.cameras["live"].logic.recent[ev.AlarmId].start
+                opc_lat.append(now - start)
+
+    async def main():
+        task = asyncio.create_task(monitor.run_async())
+        while not monitor.started.is_set():
+            await asyncio.sleep(0.05)
+        async with Client(f"opc.tcp://127.0.0.1:{opc_port}/leakseg") as client:
+            idx = await client.get_namespace_index("urn:leakseg:monitor")
+            cam = await client.nodes.objects.get_child([f"{idx}:LeakSeg", f"{idx}:live"])
+            etype = await client.nodes.root.get_child(
+                ["0:Types", "0:EventTypes", "0:BaseEventType", "0:ConditionType",
+                 "0:AcknowledgeableConditionType", "0:AlarmConditionType", f"{idx}:LeakSegAlarmType"])
+            sub = await client.create_subscription(20, Handler())
+            await sub.subscribe_events(cam, etype)
+            end = time.monotonic() + args.minutes * 60
+            while time.monotonic() < end:
+                rss.append((time.monotonic(), rss_mb()))
+                print(f"  {len(rss) * 10:5d} s  RSS {rss[-1][1]:.1f} MB  analysed "
+                      f"{monitor.cameras['live'].logic.frames_analysed}  alarms (opc/mqtt) {len(opc_lat)}/{len(mqtt_lat)}"
+                      f"  dropped windows {monitor.cameras['live'].counters.windows_dropped}", flush=True)
+                await asyncio.sleep(10)
+        monitor.request_stop()
+        await task
+
+    asyncio.run(main())
+    if broker_port:
+        mc.loop_stop()
+        mc.disconnect()
+    t0 = rss[0][0]
+    first = [m for t, m in rss if 60 <= t - t0 < 120] or [rss[0][1]]
+    last = [m for t, m in rss if t - t0 >= rss[-1][0] - t0 - 60] or [rss[-1][1]]
+    c = monitor.cameras["live"]
+    return {
+        "threshold_px": threshold, "alarms": len(opc_lat),
+        "opcua_latency_p50_s": pct(opc_lat, 50), "opcua_latency_p99_s": pct(opc_lat, 99),
+        "mqtt_latency_p50_s": pct(mqtt_lat, 50), "mqtt_latency_p99_s": pct(mqtt_lat, 99),
+        "rss_first_min_mb": statistics.mean(first), "rss_last_min_mb": statistics.mean(last),
+        "rss_growth_pct": 100 * (statistics.mean(last) / statistics.mean(first) - 1),
+        "frames_analysed": c.logic.frames_analysed, "windows_dropped": c.counters.windows_dropped,
+        "minutes": args.minutes, "analysis_fps": args.fps,
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", help="a running leakseg service (default: the model in process)")
+    p.add_argument("--key-file")
+    p.add_argument("--model", default="jvlgs")
+    p.add_argument("--archive", help="a .mar for in-process mode (default: export the bundled default model)")
+    p.add_argument("--cameras", type=int, default=2)
+    p.add_argument("--concurrency", type=int, default=2)
+    p.add_argument("--clip-frames", type=int, default=8)
+    p.add_argument("--capacity-seconds", type=float, default=60)
+    p.add_argument("--warmup", type=float, default=15)
+    p.add_argument("--fps", type=float, default=1.0, help="analysis fps of the live camera")
+    p.add_argument("--minutes", type=float, default=10)
+    p.add_argument("--skip-capacity", action="store_true")
+    args = p.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench_monitor_"))
+    broker = None
+    try:
+        segmenter = make_segmenter(args, work)
+        results = {"model": segmenter.name, "cpu_count": os.cpu_count(), "load_avg_start": os.getloadavg()}
+        if not args.skip_capacity:
+            print(f"capacity: {args.cameras} cameras, as fast as the model goes, {args.capacity_seconds:.0f} s ...",
+                  flush=True)
+            results["capacity"] = capacity(args, segmenter, work)
+            print(json.dumps(results["capacity"], indent=1), flush=True)
+        exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+        port = None
+        if exe:
+            port = free_port()
+            (work / "m.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+            broker = subprocess.Popen([exe, "-c", str(work / "m.conf")], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL)
+            wait_port(port)
+        else:
+            print("mosquitto not found: MQTT latency skipped", flush=True)
+        print(f"live camera at {args.fps:g} fps for {args.minutes:g} min: latency and memory ...", flush=True)
+        results["live"] = live(args, segmenter, work, port)
+        results["load_avg_end"] = os.getloadavg()
+        print(json.dumps(results, indent=1, default=str))
+    finally:
+        if broker is not None:
+            broker.terminate()
+            broker.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

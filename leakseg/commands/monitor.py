@@ -1,0 +1,104 @@
+"""Watch infrared cameras, segment overlapping clips with the leakseg service, raise leak alarms in SCADA.
+
+One YAML file describes the cameras (RTSP/HTTP URLs, video files, drop folders), the alarm rule
+per camera (a leak of at least A pixels outside the ignore mask in K of the last N analysed
+frames raises LEAK; M clear frames in a row clear it), and the outputs: an OPC UA server
+(variables + Alarms & Conditions events + Acknowledge), MQTT (retained state, events, last
+will), a read-only Modbus TCP register map, and a rotated JSON lines log. Every key is
+documented in docs/SCADA.md; examples/monitor.yaml is a complete example.
+
+Lost or frozen cameras are CAMERA_FAULT and an unreachable or failing service is SERVICE_FAULT,
+never "no leak". When the service is slower than the cameras whole windows are dropped (and
+counted). SIGINT/SIGTERM finish the clips in flight, publish every camera OFFLINE, exit 0.
+
+examples:
+  leakseg monitor --check monitor.yaml                 # validate the file, start nothing
+  leakseg monitor --config monitor.yaml                # run against the service in the file
+  leakseg monitor --config monitor.yaml --archive model_store/jvlgs.mar   # model in process
+
+exit status: 0 after a clean stop, 2 for an invalid configuration or bad arguments,
+1 when a sink or the model cannot start.
+"""
+
+from __future__ import annotations
+
+import sys
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def add_arguments(parser):
+    parser.add_argument("--config", "-c", metavar="FILE", help="the monitor's YAML file")
+    parser.add_argument("--check", nargs="?", const=True, metavar="FILE",
+                        help="validate FILE (or --config) and print a summary; start nothing")
+    parser.add_argument("--archive", metavar="MAR",
+                        help="run the model in process from this .mar (no TorchServe); service: is ignored")
+    parser.add_argument("--device", default="cpu", help="with --archive: cpu, cuda or auto (default: %(default)s)")
+    parser.add_argument("--until-end", action="store_true",
+                        help="stop once every source has ended (video files without loop; folders with an END file)")
+    parser.add_argument("--no-table", action="store_true", help="no live status table, even in a terminal")
+
+
+def run(args) -> int:
+    import logging
+
+    from leakseg.monitor.config import ConfigError, load_config
+
+    path = args.check if isinstance(args.check, str) else args.config
+    if not path:
+        print("leakseg monitor: give --config FILE (or --check FILE)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"invalid configuration:\n{exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.check:
+        print(summary(config, path))
+        return EXIT_OK
+
+    from leakseg.monitor.runner import ArchiveSegmenter, Monitor, ServiceSegmenter, SinkStartError
+    from leakseg.monitor.sinks import build_sinks
+
+    log = logging.getLogger("leakseg.monitor")
+    try:
+        if args.archive:
+            segmenter = ArchiveSegmenter(args.archive, device=args.device)
+        else:
+            s = config.service
+            segmenter = ServiceSegmenter(s.url, s.model, str(s.key_file) if s.key_file else None, s.token_env,
+                                         s.timeout, pool_size=s.concurrency + 2)
+    except Exception as exc:  # noqa: BLE001 - a bad archive or key file: say so and stop
+        log.error("cannot load the model: %s", exc)
+        return EXIT_FAIL
+    monitor = Monitor(config, segmenter, build_sinks(config), until_sources_end=args.until_end,
+                      status_table=False if args.no_table else None)
+    try:
+        return monitor.run()
+    except (SinkStartError, OSError) as exc:  # e.g. a port already in use
+        log.error("%s", exc)
+        return EXIT_FAIL
+
+
+def summary(config, path) -> str:
+    lines = [f"{path}: OK, {len(config.cameras)} camera(s)"]
+    for i, cam in enumerate(config.cameras):
+        a = cam.alarm
+        rate = f"{cam.analysis_fps:g} fps" if cam.analysis_fps and cam.kind == "stream" else "every frame"
+        lines.append(
+            f"  {cam.name}: {cam.kind} {cam.source} | {rate}, clips of {cam.clip_frames} | LEAK when >= "
+            f"{a.min_area_pixels} px in {a.k} of {a.n} frames, clear after {a.clear_frames}"
+            + (f" | ignore mask {cam.ignore_mask}" if cam.ignore_mask else "")
+            + f" | Modbus base {config.modbus_base(i)}")
+    s = config.sinks
+    outs = []
+    if s.jsonl:
+        outs.append(f"jsonl {s.jsonl.path}")
+    if s.mqtt:
+        outs.append(f"mqtt {s.mqtt.host}:{s.mqtt.port}/{s.mqtt.topic_prefix}")
+    if s.opcua:
+        outs.append(f"opcua {s.opcua.endpoint}")
+    if s.modbus:
+        outs.append(f"modbus {s.modbus.host}:{s.modbus.port}")
+    lines.append(f"  service: {config.service.url} model {config.service.model}; outputs: {', '.join(outs) or 'none'}")
+    return "\n".join(lines)

@@ -1,0 +1,15 @@
+"""``leakseg monitor``: cameras -> overlapping clips -> the leakseg service -> alarms -> SCADA.
+
+* :mod:`leakseg.monitor.config`  the YAML file, pydantic-validated (every key in docs/SCADA.md)
+* :mod:`leakseg.monitor.sources` video URLs/files through PyAV, drop folders; faults, reconnects
+* :mod:`leakseg.monitor.windows` overlapping windows (every frame gets its published triplet once)
+* :mod:`leakseg.monitor.alarm`   the per-camera state machine (k of n, hysteresis, faults)
+* :mod:`leakseg.monitor.sinks`   JSON lines log, MQTT, OPC UA, Modbus TCP
+* :mod:`leakseg.monitor.runner`  the loop tying them together
+"""
+
+from leakseg.monitor.alarm import Alarm, AlarmLogic, Event, Observation, State
+from leakseg.monitor.config import ConfigError, MonitorConfig, load_config, parse_config
+
+__all__ = ["Alarm", "AlarmLogic", "ConfigError", "Event", "MonitorConfig", "Observation", "State",
+           "load_config", "parse_config"]

@@ -1,0 +1,48 @@
+"""From a window's ClipResult to per-frame :class:`Observation` s, after the ignore mask."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+from PIL import Image
+
+from leakseg.monitor.alarm import Observation
+from leakseg.monitor.windows import Window
+from leakseg.schema import ClipResult
+
+
+def load_ignore_mask(path: Optional[Path]) -> Optional[np.ndarray]:
+    """A boolean H x W array, True where pixels are ignored (non-zero pixels of the image)."""
+    if path is None:
+        return None
+    with Image.open(path) as img:
+        arr = np.asarray(img)
+    if arr.ndim == 3:
+        arr = arr[..., :3].max(axis=2) if arr.shape[2] >= 3 else arr[..., 0]
+    return arr > 0
+
+
+def observations(window: Window, result: ClipResult, ignore: Optional[np.ndarray]) -> List[Observation]:
+    """One observation per *reported* frame of the window (its first ``window.final`` frames)."""
+    masks = result.masks()  # T x H x W bool
+    h, w = masks.shape[1:]
+    if ignore is not None:
+        if ignore.shape != (h, w):
+            raise ValueError(f"camera {window.camera}: ignore mask is {ignore.shape[1]}x{ignore.shape[0]} "
+                             f"but frames are {w}x{h}")
+        masks = masks & ~ignore
+    out = []
+    pixels = float(h * w)
+    for i, frame in enumerate(window.reported):
+        m = masks[i]
+        area = int(m.sum())
+        bbox = centroid = None
+        if area:
+            ys, xs = np.nonzero(m)
+            bbox = (int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1))
+            centroid = (float(xs.mean()), float(ys.mean()))
+        out.append(Observation(seq=frame.seq, time=frame.arrived, area_pixels=area, area_fraction=area / pixels,
+                               score=float(result.frames[i].max_score), bbox=bbox, centroid=centroid))
+    return out

@@ -1,0 +1,260 @@
+"""Camera sources: anything FFmpeg opens (through PyAV) and drop folders. One thread per camera.
+
+A source calls back into the runner (from its own thread):
+
+* ``frame(pixels, pts)`` for every *analysed* frame (decimated to ``analysis_fps`` by the stream's
+  timestamps, so a 30 fps stream at analysis_fps 5 gives every 6th frame);
+* ``fault(reason)`` when the stream is lost (cannot open, read error, end of a live stream) or
+  frozen (``frozen_frames`` identical frames in a row). Frozen frames are not analysed: a
+  frozen picture is a camera fault, never "no leak";
+* ``recovered()`` when frames flow again after a fault;
+* ``ended()`` when a video file or folder listing without ``loop`` is exhausted.
+
+After a loss the source reconnects with exponential backoff (``reconnect_initial`` doubling to
+``reconnect_max``), reset once frames flow again. A stream that delivers nothing for
+``stale_seconds`` is detected by the runner's watchdog (a read can hang without an error).
+
+Pixels: 8-bit video is decoded as RGB (H x W x 3 uint8); 16-bit grey video (gray16le/be, e.g.
+FFV1 or PNG-in-MKV radiometric recordings) as H x W uint16. Drop folders take numbered
+PNG/TIFF (8 or 16 bit) or .npy files in natural order; 16-bit frames stay 16-bit up to the
+service, which maps each clip to 8 bits by one rule.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from leakseg.monitor.config import CameraConfig
+
+log = logging.getLogger("leakseg.monitor.sources")
+
+FOLDER_SUFFIXES = (".png", ".tif", ".tiff", ".npy")
+
+
+class SourceCallbacks:
+    """What a source reports to; the runner implements it (thread-safe)."""
+
+    def frame(self, pixels: np.ndarray, pts: Optional[float]) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def fault(self, reason: str) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def recovered(self) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def ended(self) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class _Frozen:
+    """Counts identical frames in a row (by digest)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.digest: Optional[bytes] = None
+        self.repeats = 0
+
+    def check(self, pixels: np.ndarray) -> bool:
+        """True while the picture is frozen (``limit`` or more identical frames in a row)."""
+        digest = hashlib.blake2b(np.ascontiguousarray(pixels).data, digest_size=16).digest()
+        if digest == self.digest:
+            self.repeats += 1
+        else:
+            self.digest, self.repeats = digest, 1
+        return self.repeats >= self.limit
+
+
+class Source(threading.Thread):
+    def __init__(self, camera: CameraConfig, callbacks: SourceCallbacks, stop: threading.Event):
+        super().__init__(name=f"source-{camera.name}", daemon=True)
+        self.camera = camera
+        self.cb = callbacks
+        self.stop_event = stop
+        self.faulty = False
+        self.frozen = _Frozen(camera.faults.frozen_frames)
+        self.delivered = 0
+        self.reconnects = 0
+
+    # -- shared helpers ------------------------------------------------------------------------
+
+    def _deliver(self, pixels: np.ndarray, pts: Optional[float]) -> None:
+        if self.frozen.check(pixels):
+            if not self.faulty:
+                self._fault(f"frozen: {self.frozen.repeats} identical frames in a row")
+            return
+        if self.faulty:
+            self.faulty = False
+            self.cb.recovered()
+        self.delivered += 1
+        self.cb.frame(pixels, pts)
+
+    def _fault(self, reason: str) -> None:
+        self.faulty = True
+        self.cb.fault(reason)
+
+    def _backoff(self, attempt: int) -> bool:
+        """Wait before reconnecting; False when stopped meanwhile."""
+        f = self.camera.faults
+        delay = min(f.reconnect_max, f.reconnect_initial * 2 ** attempt)
+        log.info("%s: reconnecting in %.1f s", self.camera.name, delay)
+        return not self.stop_event.wait(delay)
+
+
+class StreamSource(Source):
+    """RTSP/HTTP/UDP URLs and video files, through PyAV (FFmpeg)."""
+
+    def run(self) -> None:
+        attempt = 0
+        while not self.stop_event.is_set():
+            try:
+                got = self._read_once()
+            except Exception as exc:  # noqa: BLE001 - any FFmpeg/network error is a camera fault
+                got = None
+                self._fault(f"lost: {type(exc).__name__}: {exc}")
+            if self.stop_event.is_set():
+                break
+            if got == "eof" and self.camera.is_file:
+                if self.camera.loop:
+                    continue
+                self.cb.ended()
+                return
+            if got == "eof":  # a live stream that ends is a lost camera
+                self._fault("lost: the stream ended")
+            if got == "eof" or got is None:
+                attempt = 0 if self.delivered_since_open else attempt + 1
+                self.reconnects += 1
+                if not self._backoff(attempt):
+                    break
+
+    def _read_once(self) -> str:
+        import av
+
+        self.delivered_since_open = False
+        f = self.camera.faults
+        options = {}
+        if self.camera.source.startswith("rtsp://"):
+            options["rtsp_transport"] = "tcp"
+        container = av.open(self.camera.source, options=options, timeout=(f.open_timeout, f.open_timeout))
+        try:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            period = 1.0 / self.camera.analysis_fps if self.camera.analysis_fps else 0.0
+            paced = self.camera.is_file and self.camera.paced
+            start_wall = time.monotonic()
+            first_pts: Optional[float] = None
+            next_due: Optional[float] = None
+            for frame in container.decode(stream):
+                if self.stop_event.is_set():
+                    return "stopped"
+                t = frame.time if frame.time is not None else time.monotonic() - start_wall
+                if first_pts is None:
+                    first_pts = t
+                rel = t - first_pts
+                if paced:
+                    lag = rel - (time.monotonic() - start_wall)
+                    if lag > 0 and self.stop_event.wait(lag):
+                        return "stopped"
+                if period:
+                    if next_due is not None and rel + 1e-6 < next_due:
+                        continue
+                    next_due = rel + period if next_due is None or rel - next_due > period else next_due + period
+                self._deliver(_to_array(frame), t)
+                self.delivered_since_open = True
+            return "eof"
+        finally:
+            container.close()
+
+    delivered_since_open = False
+
+
+def _to_array(frame) -> np.ndarray:
+    name = frame.format.name
+    if name.startswith("gray16") or name in ("gray12le", "gray10le"):
+        return frame.to_ndarray(format="gray16le")
+    if name in ("gray", "gray8"):
+        return frame.to_ndarray(format="gray")
+    return frame.to_ndarray(format="rgb24")
+
+
+class FolderSource(Source):
+    """Numbered frames dropped into a folder by another program (every frame is analysed).
+
+    Files are read in natural order (frame2 before frame10), each once. Write each file under a
+    temporary name (starting with '.' or ending in '.tmp') and rename it when complete; a file
+    that cannot be read yet is retried on the next poll, then skipped with a warning.
+    """
+
+    POLL = 0.05
+
+    def run(self) -> None:
+        from leakseg.io.frames import natural_key
+
+        folder = Path(self.camera.source)
+        last_key = None
+        retries = {}
+        while not self.stop_event.is_set():
+            try:
+                names = [p for p in folder.iterdir()
+                         if p.is_file() and p.suffix.lower() in FOLDER_SUFFIXES and not p.name.startswith(".")]
+            except OSError as exc:
+                self._fault(f"lost: cannot list {folder}: {exc}")
+                if not self._backoff(0):
+                    return
+                continue
+            fresh = sorted((p for p in names if last_key is None or natural_key(p) > last_key), key=natural_key)
+            for path in fresh:
+                if self.stop_event.is_set():
+                    return
+                try:
+                    pixels = read_frame_file(path)
+                except (OSError, ValueError) as exc:
+                    retries[path.name] = retries.get(path.name, 0) + 1
+                    if retries[path.name] < 3:
+                        break  # maybe still being written: retry on the next poll
+                    log.warning("%s: skipping unreadable frame %s: %s", self.camera.name, path.name, exc)
+                    retries.pop(path.name, None)
+                    last_key = natural_key(path)
+                    continue
+                retries.pop(path.name, None)
+                last_key = natural_key(path)
+                self._deliver(pixels, None)
+                if self.camera.delete_after_read:
+                    path.unlink(missing_ok=True)
+            if not fresh and self._ended_marker(folder):
+                self.cb.ended()
+                return
+            self.stop_event.wait(self.POLL)
+
+    @staticmethod
+    def _ended_marker(folder: Path) -> bool:
+        """A file named END in the folder says the producer is done (used for replays and tests)."""
+        return (folder / "END").exists()
+
+
+def read_frame_file(path: Path) -> np.ndarray:
+    """A dropped frame: .npy (uint8/uint16/float32, H x W or H x W x 3) or an image file."""
+    if path.suffix.lower() == ".npy":
+        arr = np.load(path, allow_pickle=False)
+        if arr.dtype not in (np.uint8, np.uint16, np.float32) or arr.ndim not in (2, 3):
+            raise ValueError(f"{path.name}: expected H x W [x 3] uint8/uint16/float32, got {arr.shape} {arr.dtype}")
+        return arr
+    from leakseg.io.frames import decode_image
+
+    data = path.read_bytes()
+    try:
+        return decode_image(data, path.name)
+    except Exception as exc:  # InputError: not readable (yet)
+        raise ValueError(str(exc)) from exc
+
+
+def make_source(camera: CameraConfig, callbacks: SourceCallbacks, stop: threading.Event) -> Source:
+    cls: Callable[..., Source] = FolderSource if camera.kind == "folder" else StreamSource
+    return cls(camera, callbacks, stop)
