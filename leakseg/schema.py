@@ -27,6 +27,7 @@ class ErrorCode(str, Enum):
     FRAME_TOO_LARGE = "frame_too_large"
     UNKNOWN_PROMPT = "unknown_prompt"
     WRONG_PROMPT_COUNT = "wrong_prompt_count"
+    PROMPTS_NOT_SUPPORTED = "prompts_not_supported"
     INVALID_OPTIONS = "invalid_options"
     UNSUPPORTED_CONTENT_TYPE = "unsupported_content_type"
     INVALID_BODY = "invalid_body"
@@ -44,6 +45,7 @@ ERROR_STATUS = {
     ErrorCode.FRAME_TOO_LARGE: 413,
     ErrorCode.UNKNOWN_PROMPT: 400,
     ErrorCode.WRONG_PROMPT_COUNT: 400,
+    ErrorCode.PROMPTS_NOT_SUPPORTED: 400,
     ErrorCode.INVALID_OPTIONS: 400,
     ErrorCode.UNSUPPORTED_CONTENT_TYPE: 415,
     ErrorCode.INVALID_BODY: 400,
@@ -142,6 +144,9 @@ class ClipInfo(_Response):
 class ModelInfo(_Response):
     name: str
     version: str
+    family: str = Field(
+        "jvlgs", description="The model family: 'jvlgs' (prompted) or 'fgstp' (no prompts; 'prompts' is empty)."
+    )
     prompts: List[str] = Field(..., description="The prompts the masks were computed with, in order.")
 
 
@@ -206,6 +211,10 @@ class ModelDescription(_Response):
     schema_version: str = SCHEMA_VERSION
     name: str
     version: str
+    family: str = Field(
+        "jvlgs", description="The model family: 'jvlgs' (takes prompts) or 'fgstp' (takes none: a request with "
+        "prompts gets 'prompts_not_supported'; prompt_count is 0)."
+    )
     backbone: str
     input_size: int
     prompt_count: int
@@ -225,7 +234,16 @@ class InputError(ValueError):
     :class:`ErrorResponse` by whoever answers: the handler, `leakseg predict`, the KServe runtime.
     """
 
+    #: Longest message and field an error carries: they may quote the request, and an error body
+    #: must stay small whatever the request held (TorchServe resets the connection on a large 4xx).
+    MAX_MESSAGE_CHARS = 1000
+    MAX_FIELD_CHARS = 100
+
     def __init__(self, code: ErrorCode, message: str, field: Optional[str] = None):
+        if len(message) > self.MAX_MESSAGE_CHARS:
+            message = f"{message[:self.MAX_MESSAGE_CHARS]}... ({len(message)} characters)"
+        if field is not None and len(field) > self.MAX_FIELD_CHARS:
+            field = f"{field[:self.MAX_FIELD_CHARS]}..."
         super().__init__(message)
         self.code = ErrorCode(code)
         self.message = message

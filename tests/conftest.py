@@ -12,7 +12,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("LEAKSEG_THREADS", "2")
 
-from torchserve_fixture import torchserve_server  # noqa: E402,F401  (one real TorchServe per session, see serving.py)
+from fake_service import image_folder  # noqa: E402,F401  (a folder of test frames, see fake_service.py)
+from torchserve_fixture import torchserve_server  # noqa: E402,F401  (one real TorchServe per session, see torchserve_fixture.py)
 
 SMALL_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
 
@@ -75,3 +76,15 @@ def predictor(onnx_archive):
 def served(torchserve_server):
     """The session's TorchServe serving tiny.mar (short name for tests)."""
     return torchserve_server
+
+
+#: Fixtures that start a real TorchServe: a test that uses one is an end-to-end test.
+SERVER_FIXTURES = {"served", "torchserve_server"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that asks for the session's TorchServe ``serve``, so ``-m "not serve"`` runs
+    exactly the tests that need no server (tests that start servers of their own are marked by hand)."""
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.serve)

@@ -36,10 +36,8 @@ from leakseg.client import (
     LeakSegClient,
     ModelNotFound,
 )
-from leakseg.inference.predictor import Predictor
 from leakseg.schema import ErrorCode, ErrorResponse
 
-pytestmark = pytest.mark.serve
 
 T, H, W = 4, 64, 80
 TIMEOUT = 180.0  # seconds per request: 2 shared cores, a busy machine

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 
 from _blockers import HEAVY, NOT_IN_THIN_CLIENT, blocking_env, run_python
-from test_client_inputs import FakeService, answer_clip
+from fake_service import FakeService, answer_clip
 
 IMPORTS_AND_BUILDS = """
 import json, sys

@@ -84,3 +84,54 @@ def test_the_readme_first_command_works_from_a_fresh_clone(tmp_path):
     assert result.masks().shape == frames.shape and result.clip.frames == len(frames)
     assert (demo / "overlay.gif").stat().st_size > 0
     assert not _port_busy(8080), "the demo left TorchServe running"
+
+
+# --- issue 12: quality on fresh generator-v3 clips -------------------------------------------------
+
+#: Fresh version-3 clips: dataset seed 303, chosen (runs/SEEDS.txt, docs/DEFAULT_MODEL.md) before the v3
+#: training run, whose training, validation and held-out sets used dataset seeds 300, 301 and 302.
+QUALITY_PLAN = clip_plan(12, 303, 1 / 3, 1 / 3)  # 4 leak-free, 4 start/stop, 4 steady leaks
+QUALITY_CLIP = dict(frames=12, height=240, width=320, version=3)
+#: What the shipped archive reaches on these 12 clips at its own defaults (measured 2026-11-22, 23:04 UTC):
+#: leak-clip IoUs 0.118, 0.405, 0.246, 0.370, 0.024, 0.201, 0.040, 0.000 (mean 0.176): IoU > 0.5 on 0 of 8
+#: leak clips, and 0 of 4 leak-free clips left empty. It is not good enough for "most" on either count
+#: (docs/DEFAULT_MODEL.md), so those two claims are strict xfails: they turn into failures (XPASS) the day a
+#: shipped model reaches them, and the asserted levels below are what it really reaches.
+MEAN_LEAK_IOU = 0.15
+
+
+@pytest.fixture(scope="module")
+def v3_quality(default_predictor):
+    """(IoU over the frames with gas, per leak clip), (all masks empty?, per leak-free clip)."""
+    seen = {s for n, seed in ((120, 300), (24, 301), (60, 302)) for s, _ in clip_plan(n, seed, 1 / 3, 1 / 3)}
+    assert not {s for s, _ in QUALITY_PLAN} & (seen | TRAINING_SEEDS)
+    ious, quiet = [], []
+    for seed, mode in QUALITY_PLAN:
+        frames, truth, _ = generate_clip(seed, leak=mode, **QUALITY_CLIP)
+        pred = default_predictor.predict(list(frames)).masks()
+        gas = truth.any(axis=(1, 2))
+        if gas.any():
+            ious.append(float((pred[gas] & truth[gas]).sum() / max((pred[gas] | truth[gas]).sum(), 1)))
+        else:
+            quiet.append(not pred.any())
+    return ious, quiet
+
+
+def test_the_default_model_overlaps_leaks_on_fresh_v3_clips(v3_quality):
+    """The level it reaches: a mean IoU of at least 0.15 over the 8 leak clips (measured 0.176)."""
+    ious, _ = v3_quality
+    assert len(ious) == 8
+    assert sum(ious) / len(ious) >= MEAN_LEAK_IOU, ious
+
+
+@pytest.mark.xfail(strict=True, reason="issue 12 target not reached: IoU > 0.5 on 0 of 8 fresh v3 leak clips")
+def test_the_default_model_finds_most_leaks_on_fresh_v3_clips(v3_quality):
+    ious, _ = v3_quality
+    assert sum(iou > 0.5 for iou in ious) > len(ious) / 2, ious
+
+
+@pytest.mark.xfail(strict=True, reason="issue 12 target not reached: 0 of 4 fresh v3 leak-free clips stay empty")
+def test_the_default_model_stays_quiet_on_most_fresh_leak_free_v3_clips(v3_quality):
+    _, quiet = v3_quality
+    assert len(quiet) == 4
+    assert sum(quiet) > len(quiet) / 2, quiet

@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from leakseg.export.archive import extract_archive
+from leakseg.inference.manifest import extract_archive
 from leakseg.model.checkpoint import import_authors_checkpoint, sha256_file
-from leakseg.export.graph import example_inputs, max_logit_error
+from leakseg.export.graph import check_graph, example_inputs
 from leakseg.inference.manifest import MANIFEST_FILE, ArchiveManifest
-from leakseg.model import triplet_neighbours
 from leakseg.inference.runtime import TorchGraph, load_graph
 
 
@@ -33,6 +32,7 @@ def test_exported_graph_equals_eager(fixture, request, authors_checkpoint, tmp_p
     assert got.shape == expected.shape == (14, 1, 352, 352)
     assert np.abs(got - expected).max() < 1e-4
     assert manifest.max_abs_logit_error < 1e-3
+    assert manifest.graph_check["mask_iou"] >= 0.99 and manifest.graph_check["relative_error"] < 1e-4
 
 
 def test_archive_contents(onnx_archive, authors_checkpoint):
@@ -50,11 +50,44 @@ def test_archive_contents(onnx_archive, authors_checkpoint):
 def test_verification_catches_a_wrong_graph(authors_checkpoint):
     """The check export runs before archiving fails for a graph that is not the model."""
     model, _ = import_authors_checkpoint(authors_checkpoint)
-    assert max_logit_error(model, TorchGraph(model, "cpu")) == 0.0
+    same = check_graph(model, TorchGraph(model, "cpu"))
+    assert same.max_abs_error == 0.0 and same.mask_iou == 1.0 and same.passed
     other, _ = import_authors_checkpoint(authors_checkpoint)
     with torch.no_grad():
         other.fusion_conv[2].bias += 0.01
-    assert max_logit_error(model, TorchGraph(other, "cpu")) == pytest.approx(0.01, rel=1e-3)
+    shifted = check_graph(model, TorchGraph(other, "cpu"))
+    assert shifted.max_abs_error == pytest.approx(0.01, rel=1e-3)
+    assert shifted.relative_error == pytest.approx(0.01 / max(1.0, shifted.logit_scale), rel=1e-3)
+    assert not shifted.passed  # 1e-2 relative to a scale of about 1 is a real mismatch
+    with torch.no_grad():
+        other.fusion_conv[2].weight.mul_(-1.0)  # a different network
+    wrong = check_graph(model, TorchGraph(other, "cpu"), tolerance=1e6)
+    assert wrong.mask_iou < 0.9 and not wrong.passed  # the masks disagree whatever the tolerance
+
+
+def test_large_logits_are_judged_relative_to_their_scale(authors_checkpoint, tmp_path):
+    """A faithful graph of a checkpoint whose logits are large differs by more than 1e-3 in absolute terms
+    (float rounding scales with the activations), yet it is archived: the relative error is tiny and the masks
+    agree. A tolerance the user sets below it refuses, naming both figures."""
+    from leakseg.cli import main
+    from leakseg.model.checkpoint import read_torch_checkpoint
+
+    sd = read_torch_checkpoint(authors_checkpoint)
+    for i in (0, 1, 2):  # logits x 1e4: the fusion head is linear
+        sd[f"fusion_conv.{i}.weight"] = sd[f"fusion_conv.{i}.weight"] * (10.0 if i < 2 else 100.0)
+        sd[f"fusion_conv.{i}.bias"] = sd[f"fusion_conv.{i}.bias"] * (10.0 ** (i + 1) if i < 2 else 1e4)
+    big = tmp_path / "big_logits.pth"
+    torch.save(sd, big)
+    assert main(["export", "--checkpoint", str(big), "--format", "onnx", "--name", "big",
+                 "--output-dir", str(tmp_path)]) == 0
+    with zipfile.ZipFile(tmp_path / "big.mar") as zf:
+        manifest = ArchiveManifest.model_validate_json(zf.read(MANIFEST_FILE))
+    check = manifest.graph_check
+    assert check["logit_scale"] > 1e3 and check["max_abs_error"] > 1e-3  # the old absolute rule refused this
+    assert check["relative_error"] < 1e-4 and check["mask_iou"] >= 0.99
+    assert main(["export", "--checkpoint", str(big), "--format", "onnx", "--name", "strict",
+                 "--output-dir", str(tmp_path), "--tolerance", "1e-9"]) == 1
+    assert not (tmp_path / "strict.mar").exists()
 
 
 def test_export_command_reports_bad_checkpoint(tmp_path, capsys):
@@ -67,7 +100,6 @@ def test_export_command_reports_bad_checkpoint(tmp_path, capsys):
 
 
 def test_prompt_bank_in_archive_holds_the_text_models_embeddings(onnx_archive, authors_checkpoint, tmp_path):
-    from leakseg.model.checkpoint import read_torch_checkpoint, text_state_dict
     from leakseg.model.text import build_text_model, embed_prompts
     from leakseg.model.tokenizer import load_tokenizer
     from leakseg.model.prompts import PromptBank

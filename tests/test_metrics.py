@@ -145,3 +145,45 @@ def test_plot_draws_bars_to_scale(tmp_path):
     assert blue_bars == 1 and red_bars == 1  # "none" (0) and "skipped" (n/a) draw no bar
     assert blue_len > 100 and red_len == pytest.approx(blue_len / 2, abs=2)
     assert Image.open(path).format == "PNG"
+
+
+def test_operating_point_is_the_best_gas_score_within_the_budget():
+    from leakseg.training.metrics import operating_point
+
+    pts = [
+        {"normalization": "absolute", "threshold": 0.5, "false_alarm_rate": 0.20, "leak_J&F": 80.0},
+        {"normalization": "absolute", "threshold": 0.7, "false_alarm_rate": 0.05, "leak_J&F": 60.0},
+        {"normalization": "absolute", "threshold": 0.9, "false_alarm_rate": 0.01, "leak_J&F": 60.0},
+        {"normalization": "minmax", "threshold": 0.9, "false_alarm_rate": 0.04, "leak_J&F": 55.0},
+        {"normalization": "minmax", "threshold": 0.5, "false_alarm_rate": None, "leak_J&F": 99.0},  # no leak-free frames
+    ]
+    chosen = operating_point(pts, 0.05)
+    # 0.7 and 0.9 tie on J&F (60); the one with fewer false alarms wins
+    assert (chosen["threshold"], chosen["meets_budget"], chosen["budget"]) == (0.9, True, 0.05)
+    assert operating_point(pts, 0.25)["threshold"] == 0.5
+    none_fit = operating_point(pts, 0.001)
+    assert not none_fit["meets_budget"] and none_fit["false_alarm_rate"] == 0.01
+    assert operating_point([], 0.05) is None
+    # a model that never fires on gas: J&F None counts as 0 and the quietest point wins the tie
+    quiet = [{"normalization": "absolute", "threshold": t, "false_alarm_rate": fa, "leak_J&F": None}
+             for t, fa in ((0.5, 0.0), (0.9, 0.0))]
+    assert operating_point(quiet, 0.05)["threshold"] == 0.9
+
+
+def test_sweep_plot_is_a_png(tmp_path):
+    from PIL import Image
+
+    from leakseg.training.metrics import format_sweep, operating_point, plot_sweep
+
+    pts = [{"normalization": n, "threshold": t, "false_alarm_rate": fa, "leak_J&F": jf, "J&F": jf,
+            "clip_recall": 1.0}
+           for n, rows in (("absolute", ((0.3, 0.5, 70.0), (0.6, 0.1, 50.0))), ("minmax", ((0.5, 1.0, 40.0),)))
+           for t, fa, jf in rows]
+    chosen = operating_point(pts, 0.2)
+    path = plot_sweep(pts, tmp_path / "s.png", chosen, 0.2)
+    with Image.open(path) as img:
+        assert img.format == "PNG"
+        pixels = np.asarray(img.convert("RGB"))
+    assert (pixels == (66, 133, 244)).all(axis=2).sum() > 50  # the absolute curve is drawn
+    table = format_sweep(pts, chosen)
+    assert "<- operating point" in table and "0.600" in table and "meets" in table

@@ -11,7 +11,6 @@ alarm threshold (the oracle's median plume area) gives alarms that start and sto
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -13,7 +13,6 @@ from leakseg.schema import InputError
 from leakseg.model.checkpoint import import_authors_checkpoint
 from leakseg.io.frames import to_uint8_clip
 from leakseg.model import triplet_neighbours
-from leakseg.inference.predictor import Predictor
 from leakseg.utils.rle import decode_rle
 
 

@@ -25,12 +25,10 @@ import requests
 from PIL import Image
 
 from leakseg.serving import server as serve
-from leakseg.export.archive import extract_archive
-from leakseg.inference.predictor import Predictor
+from leakseg.inference.manifest import extract_archive
 from leakseg.schema import ClipResult, ErrorResponse, ModelDescription
 from torchserve_fixture import loopback_overrides
 
-pytestmark = pytest.mark.serve
 TIMEOUT = 180  # seconds per request: 2 shared cores, a busy machine
 
 
@@ -388,12 +386,14 @@ class PoisonGraph:
         return self.graph(frames, text, neighbours)
 
 
-def test_unexpected_errors_are_500_with_a_logged_request_id_and_spare_the_batch(onnx_archive, predictor, caplog):
+def test_unexpected_errors_are_500_with_a_logged_request_id_and_spare_the_batch(onnx_archive, predictor, caplog,
+                                                                               tmp_path):
+    """The handler in process, with TorchServe's own Context class (no server needed)."""
     from ts.context import Context, RequestProcessor
 
     from leakseg.serving.handler import LeakSegHandler
 
-    model_dir = extract_archive(onnx_archive)
+    model_dir = extract_archive(onnx_archive, tmp_path / "model")
     context = Context("tiny", str(model_dir), None, 2, None, "0.12.0")
     handler = LeakSegHandler()
     handler.initialize(context)
@@ -423,6 +423,7 @@ def _cli(*args, timeout=300):
                           timeout=timeout)
 
 
+@pytest.mark.serve  # starts a TorchServe of its own
 def test_leakseg_serve_starts_checks_prints_the_token_and_stops(onnx_archive, tmp_path):
     store = tmp_path / "store"
     store.mkdir()
@@ -452,6 +453,7 @@ def test_leakseg_serve_starts_checks_prints_the_token_and_stops(onnx_archive, tm
     assert _cli("--check", *common).returncode == 1  # nothing to check any more
 
 
+@pytest.mark.serve  # starts a TorchServe of its own
 def test_leakseg_serve_foreground_stops_on_sigterm(onnx_archive, tmp_path):
     """The container's CMD: stays attached, prints the URLs once ready, SIGTERM stops everything."""
     store = tmp_path / "store"

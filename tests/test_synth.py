@@ -209,3 +209,181 @@ def test_command(tmp_path, capsys):
     assert "wrote 2 clips" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         parser.parse_args(["x", "--leak-free-fraction", "1.5"])
+
+
+# --- generator version 3 ---------------------------------------------------------------------------
+
+from leakseg.training.synth import DEFAULT_FRACTIONS, V3_EFFECTS  # noqa: E402
+
+V3 = dict(SMALL, version=3)
+#: sha256 (first 16 hex digits) of frames + masks of version-2 clips, recorded before version 3 existed
+V2_DIGESTS = {(1, "full"): "830231e194f3cfdc", (2, "none"): "5054a2d27e1fda41", (3, "start"): "75616d4822d3b697",
+              (4, "stop"): "b834a1069afd25fb"}
+
+
+def _digest(clip):
+    import hashlib
+
+    return hashlib.sha256(clip.frames.tobytes() + clip.masks.tobytes()).hexdigest()[:16]
+
+
+def test_version_2_is_unchanged_by_version_3():
+    for (seed, leak), digest in V2_DIGESTS.items():
+        clip = simulate_clip(seed, frames=6, height=96, width=128, leak=leak, version=2)
+        assert _digest(clip) == digest, (seed, leak)
+        assert clip.meta["version"] == 2 and "distractors" not in clip.meta
+    assert _digest(simulate_clip(1, frames=6, height=96, width=128)) == V2_DIGESTS[(1, "full")]  # library default
+
+
+def test_version_3_is_deterministic_and_differs_from_version_2():
+    a, b = simulate_clip(5, **V3), simulate_clip(5, **V3)
+    assert np.array_equal(a.frames, b.frames) and np.array_equal(a.masks, b.masks) and a.meta == b.meta
+    assert a.meta["version"] == 3 and set(a.meta["distractors"]["strengths"]) == set(V3_EFFECTS)
+    assert not np.array_equal(a.frames, simulate_clip(5, **SMALL).frames)
+    assert not np.array_equal(a.frames, simulate_clip(6, **V3).frames)
+
+
+def _active(name, meta):
+    d = meta["distractors"]
+    return {"structures": d["structures"] > 0, "shimmer": d["exhaust_outlets"] > 0, "birds": d["birds"] > 0,
+            "insects": d["insects"] > 0, "reflections": d["reflections"] > 0, "shake": not d["still"],
+            "distance": d["distance_scale"] != 1.0, "thin_faint": d["thin"] or d["faint"],
+            "clouds": d["clouds"]["amplitude"] > 0 and d["sky_fraction"] > 0.05}.get(name, True)
+
+
+#: effects that change only the scene or the sensor: the gas and so the labels stay exactly as they were
+SCENE_ONLY = {"structures", "shimmer", "clouds", "birds", "insects", "reflections", "fixed_pattern", "drift"}
+
+
+@pytest.mark.parametrize("name", V3_EFFECTS)
+def test_each_v3_effect_is_present_and_can_be_switched_off(name):
+    for seed in range(12):
+        on = simulate_clip(seed, **V3)
+        if _active(name, on.meta):
+            break
+    else:
+        pytest.fail(f"no seed in 0-11 has {name}")
+    off = simulate_clip(seed, effects={name: 0}, **V3)
+    assert off.meta["distractors"]["strengths"][name] == 0 and on.meta["distractors"]["strengths"][name] == 1
+    if name in SCENE_ONLY:
+        assert not np.array_equal(on.background, off.background), name
+        assert np.array_equal(on.masks, off.masks) and np.array_equal(on.density, off.density)
+    else:  # shake moves the view (and the labels with it); distance and thin_faint change the plume
+        assert not np.array_equal(on.density, off.density), name
+    # every other effect drew exactly what it drew before: same counts in the metadata
+    keep = {k: v for k, v in on.meta["distractors"].items() if k != "strengths"}
+    keep_off = {k: v for k, v in off.meta["distractors"].items() if k != "strengths"}
+    changed = {k for k in keep if keep[k] != keep_off[k]}
+    assert changed <= {"still", "distance_scale", "thin", "faint", "clouds", "gain_drift", "structures",
+                       "exhaust_outlets", "birds", "insects", "reflections", "sky_fraction"} and len(changed) <= 2, changed
+
+
+def test_v3_distractors_are_strong_and_move():
+    """All distractors on versus all off, same seeds: the scene without gas changes a lot, over time too."""
+    gain_moves = []
+    for seed in range(4):
+        full = simulate_clip(seed, leak="none", **V3)
+        calm = simulate_clip(seed, leak="none", effects={k: 0 for k in V3_EFFECTS}, **V3)
+        noise = full.meta["camera"]["noise_sigma"] * abs(full.meta["camera"]["gain"])
+        temporal_full = np.abs(np.diff(full.background, axis=0)).mean()
+        temporal_calm = np.abs(np.diff(calm.background, axis=0)).mean()
+        gain_moves.append(temporal_full > temporal_calm)
+        assert not full.masks.any() and not calm.masks.any()
+        assert np.abs(full.background - calm.background).mean() > 2 * noise, seed
+    assert sum(gain_moves) >= 3
+
+
+def test_v3_labels_mark_only_visible_gas():
+    for seed in range(6):
+        clip = simulate_clip(seed, **V3)
+        thr = clip.meta["visibility_threshold"]
+        assert np.array_equal(clip.masks, clip.density > thr)
+        cam = clip.meta["camera"]
+        assert 4.0 <= cam["edge_snr"] <= 8.0  # v2's visibility rule: gas at the threshold is >= 4 sigma
+        if clip.meta["distractors"]["faint"]:
+            assert cam["edge_snr"] <= 5.0 and clip.meta["plume"]["strength"] <= 5.0
+        if clip.masks.sum() < 50:
+            continue
+        diff = np.abs(clip.frames.astype(np.float32) - clip.background)
+        noise = cam["noise_sigma"] * abs(cam["gain"])
+        assert diff[clip.masks].mean() > 2 * max(noise, 0.5), seed  # at least half a grey level of quantisation
+        assert diff[clip.masks].mean() > 2 * diff[~clip.masks].mean(), seed
+
+
+def test_v3_leak_free_clips_are_empty_and_leaks_can_start_mid_clip():
+    for seed in range(4):
+        none = simulate_clip(seed, leak="none", **V3)
+        assert not none.masks.any() and not none.density.any() and none.meta["leak_frames"] == []
+        start = simulate_clip(seed, leak="start", **V3)
+        first = start.meta["emission"]["first_frame"]
+        gas = start.masks.any(axis=(1, 2))
+        assert 0 < first and not gas[:first].any()
+        assert np.array_equal(none.background, start.background)  # the gas-free twin
+
+
+def test_v3_plumes_are_brighter_or_darker_than_the_background():
+    seen = set()
+    for seed in range(16):
+        clip = simulate_clip(seed, **V3)
+        if clip.masks.sum() < 30:
+            continue
+        signed = (clip.frames.astype(np.float32) - clip.background)[clip.masks].mean()
+        polarity = clip.meta["plume_polarity"]
+        assert (signed > 0) == (polarity == "brighter"), (seed, signed, polarity)
+        seen.add(polarity)
+        if seen == {"brighter", "darker"}:
+            break
+    assert seen == {"brighter", "darker"}
+
+
+def test_v3_far_near_thin_and_faint_plumes_occur():
+    kinds = set()
+    for seed in range(30):
+        d = simulate_clip(seed, frames=2, height=64, width=64, version=3).meta["distractors"]
+        kinds |= {"far" if d["distance_scale"] < 1 else "near" if d["distance_scale"] > 1 else "mid"}
+        kinds |= {k for k in ("thin", "faint") if d[k]}
+    assert kinds == {"far", "near", "mid", "thin", "faint"}
+
+
+def test_v3_dataset_has_a_third_hard_negatives(tmp_path):
+    scenes = write_dataset(tmp_path, 6, seed=2, frames=3, height=48, width=64, progress=False, version=3)
+    metas = [json.loads((s / "meta.json").read_text()) for s in scenes]
+    assert DEFAULT_FRACTIONS[3] == (1 / 3, 1 / 3)
+    assert sum(m["leak"] == "none" for m in metas) == 2 and all(m["version"] == 3 for m in metas)
+    for s, m in zip(scenes, metas):
+        _, masks = load_scene(s)
+        assert masks.any() == bool(m["leak_frames"])
+        if m["leak"] == "none":
+            assert not masks.any()
+
+
+def test_v3_bad_arguments():
+    with pytest.raises(ValueError, match="unknown"):
+        simulate_clip(0, effects={"fog": 1}, **V3)
+    with pytest.raises(ValueError, match=">= 0"):
+        simulate_clip(0, effects={"birds": -1}, **V3)
+    with pytest.raises(ValueError, match="version 3"):
+        simulate_clip(0, effects={"birds": 0}, **SMALL)
+    with pytest.raises(ValueError, match="version"):
+        simulate_clip(0, frames=2, height=32, width=32, version=4)
+
+
+def test_command_versions_and_effects(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    synth_command.add_arguments(parser)
+    base = ["--clips", "3", "--frames", "3", "--size", "48", "64", "--seed", "4", "--no-progress"]
+    assert synth_command.run(parser.parse_args([str(tmp_path / "v3"), *base])) == 0
+    assert synth_command.run(parser.parse_args([str(tmp_path / "v2"), "--version", "2", *base])) == 0
+    assert synth_command.run(parser.parse_args([str(tmp_path / "calm"), "--effect", "insects=0", *base])) == 0
+    assert "generator version 3" in capsys.readouterr().out
+    v3 = [json.loads((s / "meta.json").read_text()) for s in list_scenes(tmp_path / "v3")]
+    v2 = [json.loads((s / "meta.json").read_text()) for s in list_scenes(tmp_path / "v2")]
+    calm = [json.loads((s / "meta.json").read_text()) for s in list_scenes(tmp_path / "calm")]
+    assert {m["version"] for m in v3} == {3} and {m["version"] for m in v2} == {2}
+    assert sum(m["leak"] == "none" for m in v3) == 1  # a third of 3
+    assert all(m["distractors"]["strengths"]["insects"] == 0 for m in calm)
+    for bad in (["--effect", "fog=1"], ["--effect", "birds"], ["--effect", "birds=-1"], ["--version", "1"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["x", *bad])
+    with pytest.raises(SystemExit):
+        synth_command.run(parser.parse_args([str(tmp_path / "bad"), "--version", "2", "--effect", "birds=0"]))

@@ -284,3 +284,35 @@ def test_windows_are_short_clips_with_a_target(tmp_path):
         assert targets[0] < 3 <= targets[1] < 6
     with pytest.raises(ValueError, match="at least 3"):
         ClipSet(clips, SIZE, window=2)
+
+
+def test_resume_continues_exactly_where_the_run_stopped(tiny_set, tmp_path):
+    """2 steps, stop, resume to 4: the same losses, step count, epochs and lr drop as 4 steps in one go
+    (so the weights, Adam moments, batch order inside and across epochs, RNGs and schedule were restored)."""
+    from leakseg.training.loop import STATE_FILE
+
+    # 8 triplets in batches of 3: 3 steps an epoch, so the split falls inside epoch 1 and the run crosses
+    # into epoch 2; the lr drops at 75 % of 4 steps (step 3), after the first session's end
+    common = dict(data=str(tiny_set), size=SIZE, batch_size=3, lr=1e-3, lr_drop_at=0.75, progress=False)
+    whole = train(TrainConfig(out=str(tmp_path / "whole"), max_steps=4, **common))
+    first = train(TrainConfig(out=str(tmp_path / "split"), max_steps=2, **common))
+    state = torch.load(tmp_path / "split" / "last" / STATE_FILE, weights_only=False)
+    assert state["steps"] == 2 and state["next"] == 6 and state["epoch"] == 0 and not state["dropped"]
+    assert len(state["optimizer"]["state"]) > 0
+    rest = train(TrainConfig(out=str(tmp_path / "split"), max_steps=4, resume=str(tmp_path / "split"), **common))
+    assert first.steps == 2 and rest.steps == whole.steps == 4
+    assert len(rest.losses) == 4 and rest.losses[:2] == first.losses
+    np.testing.assert_allclose(rest.losses, whole.losses, rtol=1e-5, atol=1e-6)
+    assert rest.epochs == pytest.approx(whole.epochs)
+    np.testing.assert_allclose(rest.epoch_losses, whole.epoch_losses, rtol=1e-5)
+    end = torch.load(tmp_path / "split" / "last" / STATE_FILE, weights_only=False)
+    assert end["dropped"] and end["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-4)
+
+
+def test_resume_refuses_a_different_run_or_a_folder_without_state(tiny_set, tmp_path):
+    common = dict(data=str(tiny_set), batch_size=2, progress=False)
+    train(TrainConfig(out=str(tmp_path / "a"), size=SIZE, max_steps=1, **common))
+    with pytest.raises(ValueError, match="size"):
+        train(TrainConfig(out=str(tmp_path / "b"), size=SIZE + 8, max_steps=2, resume=str(tmp_path / "a"), **common))
+    with pytest.raises(FileNotFoundError, match="train_state.pt"):
+        train(TrainConfig(out=str(tmp_path / "c"), size=SIZE, max_steps=2, resume=str(tmp_path), **common))

@@ -21,6 +21,7 @@ from leakseg.client.errors import (
     ServiceError,
     ServiceUnavailable,
     Timeout,
+    WorkerDied,
     error_from_response,
 )
 from leakseg.client.inputs import RequestBody, build_request, load_frames
@@ -45,6 +46,7 @@ __all__ = [
     "ServiceError",
     "ServiceUnavailable",
     "Timeout",
+    "WorkerDied",
     "build_request",
     "error_from_response",
     "load_frames",

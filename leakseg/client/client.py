@@ -2,12 +2,16 @@
 
 Retry policy, and why:
 
-* retried, with capped exponential backoff and jitter: connection errors (refused, reset,
-  connect timeout) and 503 (no free worker, queue full). In these cases TorchServe turned the
-  request away before a worker ran it, or never saw it, so sending it again is safe and
-  likely to work a moment later;
-* never retried: every 4xx (the same bytes get the same answer), 5xx other than 503 (the
-  handler failed on this clip), and read timeouts. A read timeout means the request was
+* retried, with capped exponential backoff and jitter, at most ``retries`` times and within
+  ``retry_time`` seconds in all, each retry logged (WARNING, logger ``leakseg.client.client``):
+  connection errors (refused, reset, connect timeout, an answer that broke off), 503 (no free
+  worker, queue full, model loading) and TorchServe's "Worker died." (507/500: the worker was
+  killed or restarted under the request). A segmentation is idempotent: the service keeps no
+  state between requests, so the answer to a repeated clip is the same answer, never a
+  duplicate effect. This covers a worker SIGKILLed or OOM-killed, ``leakseg serve`` restarts
+  and model reloads, provided the service is back within ``retry_time``;
+* never retried: every 4xx (the same bytes get the same answer), 5xx other than 503 and "Worker
+  died." (the handler failed on this clip), and read timeouts. A read timeout means the request was
   delivered and a worker may still be running it: a retry would queue a second copy behind the
   first and make an overloaded service slower still. Raise ``timeout`` instead;
 * an auth failure with a token read from TorchServe's key file re-reads the file once: the
@@ -72,7 +76,9 @@ class LeakSegClient:
     order: ``token``, ``$LEAKSEG_TOKEN``, the "inference" key of TorchServe's ``key_file.json``
     (``key_file`` or ``$LEAKSEG_KEY_FILE``); with none, no Authorization header is sent.
     ``timeout`` is the read timeout in seconds (a whole clip's inference must fit in it);
-    ``retries`` is how many times a retryable failure is retried (so at most retries + 1 tries).
+    ``retries`` is how many times a retryable failure is retried (so at most retries + 1 tries),
+    ``retry_time`` the seconds all retries of one call may take together (the default rides out a
+    worker restart or a ``leakseg serve`` restart of about a minute); see the module docstring.
     ``pool_size`` bounds the kept-alive connections; keep it >= the concurrency you use.
     ``protocol`` is ``"torchserve"`` (``POST /predictions/MODEL``, the default, or
     ``$LEAKSEG_PROTOCOL``) or ``"v2"`` (Open Inference Protocol: ``POST /v2/models/MODEL/infer``,
@@ -86,7 +92,7 @@ class LeakSegClient:
         token: Optional[str] = None,
         model: str = DEFAULT_MODEL,
         timeout: float = 60.0,
-        retries: int = 3,
+        retries: int = 20,
         key_file: Optional[Union[str, "os.PathLike[str]"]] = None,
         *,
         connect_timeout: float = 10.0,
@@ -94,15 +100,19 @@ class LeakSegClient:
         max_backoff: float = 8.0,
         pool_size: int = 16,
         protocol: Optional[str] = None,
+        retry_time: float = 90.0,
     ):
         if retries < 0:
             raise ValueError("retries must be >= 0")
+        if retry_time < 0:
+            raise ValueError("retry_time must be >= 0")
         self.base_url = (base_url or os.environ.get("LEAKSEG_URL") or DEFAULT_BASE_URL).rstrip("/")
         self.model = model
         self.protocol = check_protocol(protocol or os.environ.get("LEAKSEG_PROTOCOL") or TORCHSERVE)
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.retries = retries
+        self.retry_time = retry_time
         self.backoff = backoff
         self.max_backoff = max_backoff
         self._key_file = key_file or os.environ.get("LEAKSEG_KEY_FILE") or None
@@ -246,6 +256,7 @@ class LeakSegClient:
     def _post(self, body: RequestBody, *, retries: Optional[int] = None, timeout: Optional[float] = None) -> Any:
         """POST with the retry policy of the module docstring; returns the parsed JSON of a 200."""
         retries = self.retries if retries is None else retries
+        deadline = time.monotonic() + self.retry_time
         attempt = 0
         refreshed = False
         while True:
@@ -256,11 +267,15 @@ class LeakSegClient:
                     raise
                 refreshed = True
             except RETRYABLE as exc:
-                if attempt >= retries:
+                left = deadline - time.monotonic()
+                delay = self._delay(attempt) if attempt < retries else 0.0
+                if attempt >= retries or delay > left:
+                    if attempt:
+                        log.warning("giving up after %d retries (%.1f s): %s", attempt, self.retry_time - left, exc)
                     raise
-                delay = self._delay(attempt)
                 attempt += 1
-                log.debug("retry %d/%d in %.2f s after: %s", attempt, retries, delay, exc)
+                log.warning("retry %d/%d in %.2f s (%.0f s of retry time left) after: %s",
+                            attempt, retries, delay, left, exc)
                 time.sleep(delay)
 
     def _send_once(self, body: RequestBody, timeout: Optional[float]) -> Any:
@@ -278,8 +293,8 @@ class LeakSegClient:
             raise Timeout(_timeout_message(self.url, read_timeout)) from exc
         except requests.Timeout as exc:
             raise Timeout(_timeout_message(self.url, read_timeout)) from exc
-        except requests.RequestException as exc:  # e.g. the answer broke off half-way
-            raise ServiceError(f"broken answer from {self.url}: {exc}") from exc
+        except requests.RequestException as exc:  # the answer broke off half-way (e.g. a restart): retryable
+            raise ConnectionFailed(f"the connection to {self.url} broke off during the answer: {exc}") from exc
         if response.status_code == 200:
             payload = _json_of(response)
             if self.protocol == V2:

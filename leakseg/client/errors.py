@@ -8,7 +8,8 @@ Two kinds of error bodies reach the client:
   ``{"code": 503, "type": "ServiceUnavailableException", "message": "..."}`` (no free worker),
   404 ``ModelNotFoundException``, 400/401 ``InvalidKeyException`` ("Token Authorization failed"),
   a bare 413 for bodies over ``max_request_size``, and ``InternalServerException`` carrying the
-  worker's status (503 "Prediction failed", 507 "Out of resources") when a handler crashed.
+  worker's status (503 "Prediction failed", 507 "Out of resources") when a handler crashed, or
+  "Worker died." (507, or 500) when the worker process died under the request.
 
 :func:`error_from_response` is pure (status and parsed body in, exception out), so every
 combination is tested without a server.
@@ -128,12 +129,19 @@ class ServiceError(LeakSegError):
         self.code = code
 
 
+class WorkerDied(ServiceError):
+    """TorchServe's "Worker died." (HTTP 507, or 500): the worker process running the request died
+    (killed, out of memory, restarted) and TorchServe starts a new one. Retried by the client: a
+    segmentation is idempotent, so sending the clip again gives its answer from the new worker."""
+
+
 #: What the client retries: nothing reached the model, or TorchServe turned it away at the door.
-RETRYABLE = (ConnectionFailed, ServerBusy, ModelNotReady)
+RETRYABLE = (ConnectionFailed, ServerBusy, ModelNotReady, WorkerDied)
 
 _AUTH_WORDS = re.compile(r"token|authori[sz]", re.IGNORECASE)
 # "job queue is full", "queue full", "queue_full"; but not TorchServe 0.12's standard "no worker"
 # text, which ends with "... or exceeds maxSequenceJobQueueSize" (a sequence-batching limit).
+_WORKER_DIED = re.compile(r"\bworker\s+died\b", re.IGNORECASE)
 _QUEUE_FULL = re.compile(r"\bqueue(?:\s+is)?[\s_]+full\b|\bjob\s+queue\b", re.IGNORECASE)
 
 
@@ -181,6 +189,8 @@ def _from_torchserve_error(status: int, kind: str, message: str, request_bytes: 
         return Timeout(message or "the server timed out", status=status)
     if 400 <= status < 500:
         return InvalidInput(BAD_REQUEST, f"{kind}: {message}" if kind else message, status=status)
+    if status >= 500 and _WORKER_DIED.search(message):
+        return WorkerDied(f"{kind}: {message}" if kind else message, status=status, code=kind or None)
     # InternalServerException with the worker's status: the handler raised (503 "Prediction
     # failed") or ran out of memory (507). Retrying the same clip would fail the same way.
     return ServiceError(f"{kind}: {message}" if kind else message, status=status, code=kind or None)

@@ -110,10 +110,8 @@ def v2_document(payload: Any) -> Any:
 
 
 def _result_text(response: Mapping[str, Any]) -> str:
-    """The ``result`` output's string, else the only BYTES output's (TorchServe's envelope names it ``frames``).
-
-    (The same as leakseg.serving.oip.result_text, kept here so the thin client imports no server code.)
-    """
+    """The JSON document of a v2 answer: the ``result`` output (leakseg's KServe runtime), else the only
+    BYTES output (TorchServe's kservev2 envelope names it after the input, ``frames``)."""
     outputs = response.get("outputs") or []
     chosen = [o for o in outputs if o.get("name") == "result"] or [o for o in outputs if o.get("datatype") == "BYTES"]
     if len(chosen) != 1:

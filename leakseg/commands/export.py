@@ -1,18 +1,23 @@
-"""Import a JVLGS checkpoint and write a TorchServe archive (model_store/NAME.mar).
+"""Import a JVLGS or FGSTP checkpoint and write a TorchServe archive (model_store/NAME.mar).
 
-CHECKPOINT is either an authors' .pth (IGS-Few_best.pth, a SimGas fold; keys as in the
-published research code, optionally prefixed "module.") or a native leakseg checkpoint folder
-(config.json + model.safetensors). The architecture (PVTv2 b0-b5, text model depth/width/MLP,
-prompt count P) is read from tensor shapes: no flags are needed.
+CHECKPOINT is either an authors' .pth (JVLGS: IGS-Few_best.pth, a SimGas fold; FGSTP:
+gasvid_best.pth; keys as in the published research code, optionally prefixed "module.") or a
+native leakseg checkpoint folder (config.json + model.safetensors). The family (by its keys) and
+the architecture (PVTv2 b0-b5, text model depth/width/MLP, prompt count P) are read from the
+checkpoint: no flags are needed. An FGSTP model takes no prompts, and its archive's
+post-processing defaults are its test script's (min-max, 0.5, no opening).
 
 Steps: 1 build the model and import the weights; 2 embed the prompts once with the
-checkpoint's own text model (CLIP BPE tokenizer, offline); 3 trace the clip graph (each frame
-encoded once, every frame's triplet decoded); 4 compare the graph with the eager model and
-refuse to archive if the logits differ by more than 1e-3; 5 write the .mar (graph, prompt
-bank, manifest, handler).
+checkpoint's own text model (CLIP BPE tokenizer, offline; nothing for FGSTP); 3 trace the clip
+graph (each frame encoded once, every frame's triplet decoded); 4 compare the graph with the
+eager model on check clips: the largest logit difference relative to the logits' scale (refused
+above --tolerance, default 1e-3) and the IoU of the post-processed masks (refused below 0.99);
+both are printed and stored in the manifest; 5 write the .mar (graph, prompt bank, manifest,
+handler).
 
 examples:
   leakseg export --checkpoint IGS-Few_best.pth
+  leakseg export --checkpoint gasvid_best.pth --name fgstp
   leakseg export --checkpoint model_store/jvlgs-default --name jvlgs
   leakseg export --checkpoint ft.pth --text-model ./owlv2-base-patch16 \\
       --extra-prompts "gas plume" "vapour cloud"
@@ -41,6 +46,10 @@ def add_arguments(parser):
     parser.add_argument("--max-batch-delay", type=int, default=50, help="ms TorchServe waits to fill a batch")
     parser.add_argument("--workers", type=int, default=1, help="TorchServe workers for this model")
     parser.add_argument("--max-frames", type=int, default=32, help="frames per request (default 32)")
+    parser.add_argument("--tolerance", type=float, metavar="REL",
+                        help="largest logit difference between the exported graph and the eager model, as a share "
+                             "of the logits' scale (their largest magnitude, at least 1), above which export refuses "
+                             "(default 1e-3); the masks must also agree (IoU >= 0.99)")
     parser.add_argument("--kserve", type=Path, metavar="DIR",
                         help="also write KServe's TorchServe-runtime storage layout (config/config.properties + "
                              "model-store/NAME.mar) to DIR, for an InferenceService's storageUri (docs/DEPLOY.md)")
@@ -63,7 +72,7 @@ def run(args):
             output_dir=args.output_dir, prompts=args.prompts, extra_prompts=args.extra_prompts,
             text_model_dir=args.text_model, batch_size=args.batch_size, max_batch_delay_ms=args.max_batch_delay,
             workers=args.workers, limits=ClipLimits(max_frames=args.max_frames),
-            postprocess=postprocess_overrides(args),
+            postprocess=postprocess_overrides(args), tolerance=args.tolerance,
         )
         opts.postprocess_defaults()  # a bad value fails here, before any work
         mar = export_archive(opts)

@@ -9,7 +9,6 @@ examples:
   leakseg predict --archive model_store/jvlgs.mar clip.npy --threshold 0.6 --opening-kernel 0
 """
 
-import json
 import sys
 from pathlib import Path
 

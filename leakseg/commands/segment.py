@@ -42,8 +42,11 @@ def add_arguments(parser):
     svc.add_argument("--form", choices=("multipart", "json"), default="multipart",
                      help="request encoding (default: %(default)s)")
     svc.add_argument("--timeout", type=float, default=120.0, help="read timeout in seconds (default: %(default)s)")
-    svc.add_argument("--retries", type=int, default=3,
-                     help="retries on 503 and connection errors (default: %(default)s)")
+    svc.add_argument("--retries", type=int, default=20,
+                     help="retries on connection errors, 503 (busy, no worker) and dead workers; never on 4xx "
+                          "(default: %(default)s)")
+    svc.add_argument("--retry-time", type=float, default=90.0, metavar="SECONDS",
+                     help="the most time all retries of the request may take together (default: %(default)s)")
 
     opt = parser.add_argument_group("segmentation")
     opt.add_argument("--prompts", nargs="+", metavar="P",
@@ -68,7 +71,8 @@ def run(args) -> int:
                                  ("normalization", args.normalization)) if v is not None}
     try:
         with LeakSegClient(args.url, token=args.token, model=args.model, timeout=args.timeout,
-                           retries=args.retries, key_file=args.key_file) as client:
+                           retries=args.retries, retry_time=args.retry_time,
+                           key_file=args.key_file) as client:
             started = time.perf_counter()
             result = client.segment(frames, args.prompts, form=args.form, **options)
             round_trip_ms = 1000 * (time.perf_counter() - started)

@@ -5,6 +5,9 @@ logits, Adam lr 1e-4 (x0.1 for the last 20% of epochs, or of --max-minutes), bat
 clipping by value 0.5, flip / rotation (+-15 deg, p=0.2) / brightness-contrast-sharpness jitter
 applied identically to the three frames of a triplet.
 
+Families: JVLGS (default) or FGSTP (--arch fgstp, or an FGSTP --init; no text, its own published
+loss and lr schedule: x0.1 after 44 of 60 epochs).
+
 Start: --init an authors' .pth (its OWLv2 text model is frozen and only used to embed the prompts
 once), --init a native checkpoint folder (its prompt embeddings are kept), or no --init: scratch
 (--backbone, random init, fixed seeded prompt embeddings that are NOT OWLv2's; see the config's
@@ -15,6 +18,8 @@ Writes OUT/last and, with --val, OUT/best (native checkpoints, export with `leak
 
 examples:
   leakseg train data/igs-few --init IGS-Few_best.pth --few-shot 30 --val data/val --out runs/ft
+  leakseg train data/gasvid --init gasvid_best.pth --val data/val --out runs/fgstp-ft   # FGSTP fine-tuning
+  leakseg train data/synth --arch fgstp --backbone pvt_v2_b0 --max-minutes 30 --out runs/fgstp-b0
   leakseg train /tmp/synth --backbone pvt_v2_b0 --size 256 --max-minutes 25 --val /tmp/val --out runs/b0
   leakseg train /tmp/lt --size 352 --crop 240 --lr 5e-4 --max-minutes 45 --normalization absolute \
       --val /tmp/lv12 --out runs/r4   # the bundled default model (docs/DEFAULT_MODEL.md)
@@ -43,6 +48,10 @@ def add_arguments(parser):
                         help="authors' .pth or native checkpoint folder; omit to train from scratch")
     parser.add_argument("--backbone", default="pvt_v2_b0",
                         help="PVTv2 variant for scratch training (default pvt_v2_b0); ignored with --init")
+    parser.add_argument("--arch", choices=("jvlgs", "fgstp"),
+                        help="model family for scratch training (default jvlgs); with --init the checkpoint's family "
+                             "is used (an FGSTP checkpoint such as gasvid_best.pth fine-tunes FGSTP). FGSTP trains with "
+                             "its published loss: all four decoder maps of both neighbours and the fused logits")
     parser.add_argument("--val", metavar="DIR", help="validation folder, evaluated after every epoch")
     parser.add_argument("--epochs", type=_positive(int), default=60, help="epochs (default 60, SimGas; IGS-Few used 150)")
     parser.add_argument("--batch-size", type=_positive(int), default=6, help="samples per step: triplets (default 6), or clips with --sampler clip")
@@ -67,6 +76,13 @@ def add_arguments(parser):
     parser.add_argument("--max-minutes", type=_positive(float), metavar="M",
                         help="wall-clock budget; training stops cleanly and saves when it is spent")
     parser.add_argument("--max-steps", type=_positive(int), metavar="N", help="stop after N optimiser steps")
+    parser.add_argument("--resume", metavar="DIR",
+                        help="continue an earlier run from its last saved state (DIR = its --out, or DIR/last): "
+                             "weights, optimiser, step/epoch counters, position in the epoch, RNGs, learning-rate "
+                             "schedule; --max-minutes and --max-steps then count the whole run, earlier sessions "
+                             "included. Give the same DATA and sampler settings (checked)")
+    parser.add_argument("--save-every", type=_positive(float), metavar="MIN",
+                        help="also save OUT/last (resumable) every MIN minutes, not only after each epoch")
     post = parser.add_argument_group(
         "serving post-processing this checkpoint recommends (used for validation, saved in config.json, the "
         "default of `leakseg export`)")
@@ -81,11 +97,11 @@ def run(args):
     from leakseg.training.loop import TrainConfig, train
 
     cfg = TrainConfig(
-        data=str(args.data), out=str(args.out), init=args.init, backbone=args.backbone, val=args.val,
+        data=str(args.data), out=str(args.out), init=args.init, backbone=args.backbone, arch=args.arch, val=args.val,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, size=args.size, crop=args.crop,
         sampler=args.sampler, window=args.window, val_every=args.val_every, few_shot=args.few_shot, postprocess=postprocess_overrides(args),
         max_minutes=args.max_minutes, max_steps=args.max_steps, seed=args.seed, augment=not args.no_augment,
-        device=args.device, progress=not args.no_progress,
+        device=args.device, progress=not args.no_progress, resume=args.resume, save_every_minutes=args.save_every,
     )
     result = train(cfg)
     losses = result.epoch_losses

@@ -8,7 +8,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
 from leakseg import __version__
 from leakseg.inference.manifest import GRAPH_FILES, PROMPT_BANK_FILE, ArchiveManifest
@@ -33,13 +33,19 @@ class ExportOptions:
     workers: int = 1
     limits: ClipLimits = field(default_factory=ClipLimits)
     #: Options set on the command line; the rest come from the checkpoint's recommendation
-    #: (native config.json "postprocess"), else the published defaults.
+    #: (native config.json "postprocess"), else the family's published defaults.
     postprocess: dict = field(default_factory=dict)
+    #: The graph check's tolerance: largest logit difference / the logits' scale (None: the default).
+    tolerance: Optional[float] = None
 
-    def postprocess_defaults(self) -> ClipOptions:
+    def postprocess_defaults(self, family: str = "jvlgs") -> ClipOptions:
+        """The archive's defaults: the command line's, over the checkpoint's recommendation, over
+        the family's published post-processing (FGSTP's test script does not open the masks)."""
+        from leakseg.model import PUBLISHED_POSTPROCESS
         from leakseg.model.checkpoint import native_postprocess_defaults
 
-        return ClipOptions(**{**native_postprocess_defaults(self.checkpoint), **self.postprocess})
+        return ClipOptions(**{**PUBLISHED_POSTPROCESS[family], **native_postprocess_defaults(self.checkpoint),
+                              **self.postprocess})
 
 
 class _Steps:
@@ -62,16 +68,20 @@ def import_model(opts: ExportOptions):
     """Step 1: the vision model with its weights, and what can embed prompts for it.
 
     Returns (model, bank, text_model): a native checkpoint brings its prompt bank and no
-    text model; an authors' checkpoint brings its fine-tuned text model.
+    text model; an authors' JVLGS checkpoint brings its fine-tuned text model; an FGSTP model
+    takes no prompts (the empty bank, no text model).
     """
     from leakseg.model.checkpoint import import_authors_checkpoint, is_native_checkpoint, load_native
+    from leakseg.model.prompts import PromptBank
     from leakseg.model.text import build_text_model, load_text_model_dir
 
     if is_native_checkpoint(opts.checkpoint):
         model, bank = load_native(opts.checkpoint)
-        text_model = load_text_model_dir(opts.text_model_dir) if opts.text_model_dir else None
+        text_model = load_text_model_dir(opts.text_model_dir) if opts.text_model_dir and bank.takes_prompts else None
         return model, bank, text_model
     model, text_sd = import_authors_checkpoint(opts.checkpoint, opts.prompts)
+    if model.family == "fgstp":
+        return model, PromptBank.empty(), None
     if text_sd:
         return model, None, build_text_model(model.config.text_model, text_sd)
     if opts.text_model_dir is not None:
@@ -80,10 +90,16 @@ def import_model(opts: ExportOptions):
 
 
 def make_prompt_bank(opts: ExportOptions, model, bank, text_model):
-    """Step 2: embeddings of the P prompts and the extra ones, computed once."""
+    """Step 2: embeddings of the P prompts and the extra ones, computed once (none for FGSTP)."""
     from leakseg.model.text import build_prompt_bank
     from leakseg.model.tokenizer import load_tokenizer
     from leakseg.model.prompts import PromptBank
+
+    if "text" not in model.input_names:
+        if opts.prompts or opts.extra_prompts:
+            raise ValueError(f"this is an {model.family.upper()} checkpoint, which takes no prompts; "
+                             "drop --prompts/--extra-prompts")
+        return PromptBank.empty()
 
     defaults = opts.prompts or (bank.defaults if bank else model.config.prompts)
     wanted = [*defaults, *opts.extra_prompts]
@@ -104,37 +120,44 @@ def make_prompt_bank(opts: ExportOptions, model, bank, text_model):
 def export_archive(opts: ExportOptions) -> Path:
     from leakseg.export.archive import write_archive
     from leakseg.model.checkpoint import checkpoint_sha256
-    from leakseg.export.graph import MAX_LOGIT_ERROR, OPSET, export_onnx, export_torchscript, max_logit_error
+    from leakseg.export.graph import OPSET, check_graph, export_onnx, export_torchscript
     from leakseg.inference.runtime import load_graph
 
     if opts.format not in GRAPH_FILES:
         raise ValueError(f"--format must be one of {sorted(GRAPH_FILES)}")
-    postprocess = opts.postprocess_defaults()
+    opts.postprocess_defaults()  # a bad value fails here, before any work
+    if opts.tolerance is not None and not opts.tolerance > 0:
+        raise ValueError(f"--tolerance must be positive, got {opts.tolerance}")
     steps = _Steps(5)
     steps.start(f"importing {opts.checkpoint}")
     model, bank, text_model = import_model(opts)
-    steps.finish(f"{model.config.backbone}, P={model.config.prompt_count}")
+    postprocess = opts.postprocess_defaults(model.family)
+    steps.finish(f"{model.family.upper()}, {model.config.backbone}"
+                 + (f", P={model.config.prompt_count}" if "text" in model.input_names else ""))
     steps.start("embedding prompts")
     bank = make_prompt_bank(opts, model, bank, text_model)
-    steps.finish(f"{len(bank.prompts)} prompts, defaults {bank.defaults}")
+    steps.finish(f"{len(bank.prompts)} prompts, defaults {bank.defaults}" if bank.takes_prompts
+                 else "none: this model takes no prompts")
     with tempfile.TemporaryDirectory(prefix="leakseg-export-") as tmp:
         graph_path = Path(tmp) / GRAPH_FILES[opts.format]
         steps.start(f"tracing the clip graph ({opts.format})")
         (export_onnx if opts.format == "onnx" else export_torchscript)(model, graph_path)
         steps.finish(f"{graph_path.stat().st_size / 1e6:.1f} MB")
         steps.start("checking the exported graph against the eager model")
-        error = max_logit_error(model, load_graph(str(graph_path), opts.format, device="cpu"))
-        steps.finish(f"largest |logit difference| {error:.3g} (limit {MAX_LOGIT_ERROR})")
-        if not error <= MAX_LOGIT_ERROR:
+        check = check_graph(model, load_graph(str(graph_path), opts.format, device="cpu"), postprocess,
+                            opts.tolerance)
+        steps.finish(check.summary())
+        if not check.passed:
             raise RuntimeError(
-                f"the exported graph differs from the eager model by {error:.3g} in the logits "
-                f"(limit {MAX_LOGIT_ERROR}); refusing to archive"
+                f"the exported graph does not match the eager model: {check.summary()}; refusing to archive "
+                "(--tolerance sets the relative limit when you know the difference is harmless)"
             )
         steps.start("writing the archive")
         bank_path = Path(tmp) / PROMPT_BANK_FILE
         bank.save(bank_path)
         config = model.config.to_dict()
-        config["prompts"] = list(bank.defaults)
+        if bank.takes_prompts:
+            config["prompts"] = list(bank.defaults)
         manifest = ArchiveManifest(
             name=opts.name,
             version=opts.version,
@@ -146,7 +169,8 @@ def export_archive(opts: ExportOptions) -> Path:
             limits=opts.limits,
             checkpoint=Path(opts.checkpoint).name,
             checkpoint_sha256=checkpoint_sha256(opts.checkpoint),
-            max_abs_logit_error=error,
+            max_abs_logit_error=check.max_abs_error,
+            graph_check=check.to_dict(),
             opset=OPSET if opts.format == "onnx" else None,
         )
         mar = write_archive(graph_path, bank_path, manifest, Path(opts.output_dir),

@@ -4,58 +4,112 @@ from __future__ import annotations
 
 import logging
 import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 
-from leakseg.model import JVLGS, batch_neighbours
+from leakseg.model import TripletNetwork, batch_neighbours
 
 log = logging.getLogger(__name__)
 
-INPUT_NAMES = ["frames", "text", "neighbours"]
 OPSET = 17
-#: Export refuses to archive a graph whose logits differ from the eager model's by more.
-MAX_LOGIT_ERROR = 1e-3
+#: Default of ``--tolerance``: export refuses to archive a graph whose largest logit difference from the
+#: eager model exceeds this share of the logits' scale (their largest magnitude, at least 1).
+RELATIVE_TOLERANCE = 1e-3
+#: ... or whose post-processed masks over the check clips agree with the eager model's less than this (IoU).
+MIN_MASK_IOU = 0.99
 
 
-def example_inputs(model: JVLGS, clip_lengths=(3, 4), seed: int = 0):
-    """Frames of several clips in one batch, with each clip's own text matrix."""
+def example_inputs(model: TripletNetwork, clip_lengths=(3, 4), seed: int = 0):
+    """The graph's inputs (``model.input_names``) for frames of several clips in one batch;
+    a JVLGS gets each clip's own text matrix."""
     cfg = model.config
     g = torch.Generator().manual_seed(seed)
     n = sum(clip_lengths)
-    frames = torch.randn(n, 3, cfg.input_size, cfg.input_size, generator=g)
-    text_rows = [torch.randn(1, cfg.text_dim, cfg.prompt_count, generator=g).expand(length, -1, -1)
-                 for length in clip_lengths]
-    return frames, torch.cat(text_rows).contiguous(), torch.tensor(batch_neighbours(clip_lengths), dtype=torch.int64)
+    inputs = {"frames": torch.randn(n, 3, cfg.input_size, cfg.input_size, generator=g)}
+    if "text" in model.input_names:
+        text_rows = [torch.randn(1, cfg.text_dim, cfg.prompt_count, generator=g).expand(length, -1, -1)
+                     for length in clip_lengths]
+        inputs["text"] = torch.cat(text_rows).contiguous()
+    inputs["neighbours"] = torch.tensor(batch_neighbours(clip_lengths), dtype=torch.int64)
+    return tuple(inputs[name] for name in model.input_names)
 
 
-def export_onnx(model: JVLGS, path: Path) -> None:
+def export_onnx(model: TripletNetwork, path: Path) -> None:
     # dynamo=False: the TorchScript-based exporter keeps the frame axis dynamic; the dynamo
     # exporter fixed it to the example's size on this model (and is much slower for b5).
-    dynamic = {name: {0: "frames"} for name in INPUT_NAMES + ["logits"]}
+    names = list(model.input_names)
+    dynamic = {name: {0: "frames"} for name in names + ["logits"]}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model, example_inputs(model), str(path), input_names=INPUT_NAMES, output_names=["logits"],
+            model, example_inputs(model), str(path), input_names=names, output_names=["logits"],
             dynamic_axes=dynamic, opset_version=OPSET, dynamo=False,
         )
 
 
-def export_torchscript(model: JVLGS, path: Path) -> None:
+def export_torchscript(model: TripletNetwork, path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit.trace is deprecated but still the portable choice
         traced = torch.jit.trace(model, example_inputs(model), check_trace=False)
     traced.save(str(path))
 
 
+@dataclass
+class GraphCheck:
+    """How an exported graph agrees with the eager model on the check clips."""
+
+    max_abs_error: float  # largest |logit difference|
+    logit_scale: float  # largest |logit| of the eager model
+    relative_error: float  # max_abs_error / max(logit_scale, 1)
+    mask_iou: float  # IoU of the post-processed masks, all check frames together (1.0: identical)
+    tolerance: float = RELATIVE_TOLERANCE
+    min_mask_iou: float = MIN_MASK_IOU
+
+    @property
+    def passed(self) -> bool:
+        return self.relative_error <= self.tolerance and self.mask_iou >= self.min_mask_iou
+
+    def summary(self) -> str:
+        return (f"largest |logit difference| {self.max_abs_error:.3g} = {self.relative_error:.3g} of the logits' "
+                f"scale {self.logit_scale:.3g} (tolerance {self.tolerance:g}); mask IoU {self.mask_iou:.4f} "
+                f"(at least {self.min_mask_iou:g})")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 @torch.no_grad()
-def max_logit_error(model: JVLGS, graph) -> float:
-    """Largest |logit difference| between a runtime graph and the eager model on a random batch
-    of two clips of other lengths than the trace's, so a fixed frame axis would be caught."""
-    frames, text, neighbours = example_inputs(model, clip_lengths=(5, 3), seed=1)
-    expected = model(frames, text, neighbours)
-    got = graph(frames.numpy(), text.numpy(), neighbours.numpy()).cpu()
+def check_graph(model: TripletNetwork, graph, options=None, tolerance: Optional[float] = None,
+                min_mask_iou: float = MIN_MASK_IOU) -> GraphCheck:
+    """A runtime graph against the eager model on a random batch of two clips of other lengths than
+    the trace's (so a fixed frame axis would be caught): the largest logit difference, absolute and
+    relative to the logits' scale, and the IoU of the masks both give after ``options``'
+    post-processing (ClipOptions; the defaults when None) at the input size.
+
+    Float rounding grows with the size of the activations, so a faithful graph of a checkpoint whose
+    logits are large differs by more in absolute terms; relative to the scale it does not."""
+    from leakseg.inference.postprocess import postprocess
+    from leakseg.schema import ClipOptions
+
+    options = options or ClipOptions()
+    inputs = example_inputs(model, clip_lengths=(5, 3), seed=1)
+    named = dict(zip(model.input_names, inputs))
+    expected = model(*inputs)
+    got = graph(named["frames"].numpy(), named["text"].numpy() if "text" in named else None,
+                named["neighbours"].numpy()).cpu()
     if got.shape != expected.shape:
         raise RuntimeError(f"exported graph returned {tuple(got.shape)}, expected {tuple(expected.shape)}")
-    return float(np.abs(got.numpy() - expected.numpy()).max())
+    max_abs = float((got - expected).abs().max())
+    scale = float(expected.abs().max())
+    size = expected.shape[-1]
+    mine = postprocess(expected, size, size, options).masks
+    theirs = postprocess(got, size, size, options).masks
+    union = np.logical_or(mine, theirs).sum()
+    iou = float(np.logical_and(mine, theirs).sum() / union) if union else 1.0
+    return GraphCheck(max_abs_error=max_abs, logit_scale=scale, relative_error=max_abs / max(scale, 1.0),
+                      mask_iou=iou, tolerance=RELATIVE_TOLERANCE if tolerance is None else tolerance,
+                      min_mask_iou=min_mask_iou)

@@ -25,12 +25,15 @@ class ArchiveManifest(BaseModel):
     format: Literal["onnx", "torchscript"]
     graph_file: str
     prompt_bank_file: str = PROMPT_BANK_FILE
-    config: dict = Field(..., description="JVLGSConfig of the network (text_model is informational)")
+    config: dict = Field(..., description="the network's config (JVLGSConfig or FGSTPConfig; model_type is the "
+                                          "family; text_model is informational)")
     postprocess: ClipOptions = Field(default_factory=ClipOptions)
     limits: ClipLimits = Field(default_factory=ClipLimits)
     checkpoint: str = Field(..., description="file name of the imported checkpoint")
     checkpoint_sha256: str
     max_abs_logit_error: float = Field(..., description="exported graph vs eager model, measured at export")
+    graph_check: Optional[dict] = Field(None, description="the export check: absolute and relative logit "
+                                        "difference, mask IoU, tolerances (leakseg.export.graph.GraphCheck)")
     opset: Optional[int] = None
 
 

@@ -87,16 +87,21 @@ def _boxes(mask: torch.Tensor):
 
 
 @torch.no_grad()
+def score_map(logits: torch.Tensor, height: int, width: int, normalization: str):
+    """(T, 1, S, S) logits -> (the (T, H, W) map the threshold applies to, each frame's highest probability):
+    the sigmoid of the logits resized to the frame, min-max normalised per frame or used as is."""
+    prob = torch.sigmoid(F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False))[:, 0]
+    max_score = prob.amax(dim=(1, 2))
+    if normalization == "minmax":
+        lo = prob.amin(dim=(1, 2), keepdim=True)
+        return (prob - lo) / (max_score[:, None, None] - lo + 1e-8), max_score
+    return prob, max_score
+
+
 def postprocess(logits: torch.Tensor, height: int, width: int, options: ClipOptions) -> FrameFacts:
     """(T, 1, S, S) logits of one clip -> masks of the frames' size and their facts."""
     logits = logits.to(torch.float32)
-    prob = torch.sigmoid(F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False))[:, 0]
-    max_score = prob.amax(dim=(1, 2))
-    if options.normalization == "minmax":
-        lo = prob.amin(dim=(1, 2), keepdim=True)
-        score = (prob - lo) / (max_score[:, None, None] - lo + 1e-8)
-    else:
-        score = prob
+    score, max_score = score_map(logits, height, width, options.normalization)
     mask = open_mask(score > options.threshold, options.opening_kernel)
     area, bbox, centroid = _boxes(mask)
     probability = None

@@ -47,7 +47,7 @@ class RequestSettings:
     """What a request chose, checked: its prompts (and their text matrix) and its options."""
 
     prompts: List[str]
-    text: np.ndarray  # (D, P) the text matrix
+    text: Optional[np.ndarray]  # (D, P) the text matrix; None for a model without text (FGSTP)
     options: ClipOptions
 
 
@@ -93,6 +93,7 @@ class Predictor:
         self.limits = limits or ClipLimits()
         self.manifest = manifest  # None for a Predictor around an eager model
         self.input_size = int(config["input_size"])
+        self.family = config.get("model_type") or "jvlgs"  # configs written before FGSTP are JVLGS
         # PIL releases the GIL while resizing, so the frames of a clip are preprocessed in parallel.
         self._pool = ThreadPoolExecutor(max_workers=prepare_threads, thread_name_prefix="leakseg-prep")
 
@@ -136,6 +137,7 @@ class Predictor:
         return ModelDescription(
             name=self.name,
             version=self.version,
+            family=self.family,
             backbone=self.config["backbone"],
             input_size=self.input_size,
             prompt_count=self.bank.prompt_count,
@@ -151,8 +153,9 @@ class Predictor:
     def settings(self, prompts=None, options=None) -> RequestSettings:
         """A request's prompts and options, checked against the bank and the defaults (no frames needed)."""
         opts = parse_options(options, self.defaults)
-        chosen = self.bank.resolve(prompts)
-        return RequestSettings(prompts=chosen, text=self.bank.matrix_of(chosen), options=opts)
+        chosen = self.bank.resolve(prompts)  # prompts_not_supported for a model without text
+        text = self.bank.matrix_of(chosen) if self.bank.takes_prompts else None
+        return RequestSettings(prompts=chosen, text=text, options=opts)
 
     def prepare(self, frames: Sequence[np.ndarray], settings: Optional[RequestSettings] = None,
                 names: Optional[Sequence[str]] = None) -> PreparedClip:
@@ -171,9 +174,13 @@ class Predictor:
             return []
         t0 = time.perf_counter()
         frames = np.concatenate([c.tensor for c in clips])
-        text = np.concatenate([np.broadcast_to(c.settings.text, (c.num_frames, *c.settings.text.shape)) for c in clips])
         neighbours = np.asarray(batch_neighbours([c.num_frames for c in clips]), dtype=np.int64)
-        logits = self.graph(frames, np.ascontiguousarray(text, dtype=np.float32), neighbours)
+        text = None  # a model without text (FGSTP) has no text input
+        if self.bank.takes_prompts:
+            text = np.ascontiguousarray(np.concatenate(
+                [np.broadcast_to(c.settings.text, (c.num_frames, *c.settings.text.shape)) for c in clips]),
+                dtype=np.float32)
+        logits = self.graph(frames, text, neighbours)
         model_ms = (time.perf_counter() - t0) * 1000.0 / len(clips)  # the shared forward, split evenly
         results, start = [], 0
         for c in clips:
@@ -211,7 +218,7 @@ class Predictor:
             ))
         leak_frames = [f.index for f in frames if f.leak]
         return ClipResult(
-            model=ModelInfo(name=self.name, version=self.version, prompts=clip.settings.prompts),
+            model=ModelInfo(name=self.name, version=self.version, family=self.family, prompts=clip.settings.prompts),
             clip=ClipInfo(
                 frames=clip.num_frames, height=clip.height, width=clip.width,
                 leak_detected=bool(leak_frames), leak_frames=leak_frames,

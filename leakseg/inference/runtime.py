@@ -1,7 +1,8 @@
 """Runtimes for the exported clip graph: ONNX Runtime, TorchScript, or the eager model.
 
-All take numpy (frames (N,3,S,S) float32, text (N,D,P) float32, neighbours (N,2) int64)
-and return logits (N,1,S,S) as a torch tensor on the device post-processing runs on.
+All take numpy (frames (N,3,S,S) float32, text (N,D,P) float32 or None for a model without
+text (FGSTP, whose graph has no text input), neighbours (N,2) int64) and return logits
+(N,1,S,S) as a torch tensor on the device post-processing runs on.
 """
 
 from __future__ import annotations
@@ -39,12 +40,18 @@ class OnnxGraph:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or default_threads()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # The frame axis is dynamic (every clip length and batch makes a new shape): ONNX Runtime's
+        # memory-pattern cache keeps one plan per shape seen, so a long-running worker would grow.
+        opts.enable_mem_pattern = False
         self.session = ort.InferenceSession(path, sess_options=opts, providers=providers)
         self.device = "cuda" if want_cuda else "cpu"
         self.name = f"onnxruntime ({self.session.get_providers()[0]})"
 
-    def __call__(self, frames: np.ndarray, text: np.ndarray, neighbours: np.ndarray) -> torch.Tensor:
-        (logits,) = self.session.run(["logits"], {"frames": frames, "text": text, "neighbours": neighbours})
+    def __call__(self, frames: np.ndarray, text: Optional[np.ndarray], neighbours: np.ndarray) -> torch.Tensor:
+        feeds = {"frames": frames, "neighbours": neighbours}
+        if text is not None:
+            feeds["text"] = text
+        (logits,) = self.session.run(["logits"], feeds)
         out = torch.from_numpy(logits)
         return out.to(self.device) if self.device != "cpu" else out
 
@@ -63,8 +70,8 @@ class TorchGraph:
         return cls(torch.jit.load(path, map_location="cpu"), device, threads)
 
     @torch.inference_mode()
-    def __call__(self, frames: np.ndarray, text: np.ndarray, neighbours: np.ndarray) -> torch.Tensor:
-        args = (torch.from_numpy(a).to(self.device) for a in (frames, text, neighbours))
+    def __call__(self, frames: np.ndarray, text: Optional[np.ndarray], neighbours: np.ndarray) -> torch.Tensor:
+        args = (torch.from_numpy(a).to(self.device) for a in (frames, text, neighbours) if a is not None)
         return self.module(*args)
 
 

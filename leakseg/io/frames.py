@@ -43,6 +43,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 CLIP_SUFFIXES = (".npy", ".npz")
 
 PathLike = Union[str, Path]
+#: The decoded-bytes budget of one request: the largest clip the body limit admits in its densest
+#: lossless form, 32 frames of 2048 x 2048 16-bit RGB (768 MiB). A compressed .npz or image that
+#: inflates beyond it (e.g. float32 RGB at the frame limits, 1.5 GiB) is refused from its header.
+MAX_CLIP_BYTES = 32 * 2048 * 2048 * 3 * 2
 
 
 class ClipLimits(BaseModel):
@@ -53,13 +57,20 @@ class ClipLimits(BaseModel):
     min_frames: int = 3
     max_frames: int = Field(32, description="Frames per request; the body limit is config.properties' max_request_size.")
     max_frame_pixels: int = Field(2048 * 2048, description="Height x width of one frame.")
+    max_clip_bytes: int = Field(
+        MAX_CLIP_BYTES, description="Decoded pixel bytes of one request (frames x height x width x channels x "
+        "bytes per value), checked from the file headers before decoding: bounds a request's memory.")
 
 
 # --- the error messages, one per code ---------------------------------------------------------
 
 
-def too_many_frames(count: int, limits: ClipLimits, field: str = "frames") -> InputError:
-    return InputError(ErrorCode.TOO_MANY_FRAMES, f"at most {limits.max_frames} frames per request, got {count}", field)
+def too_many_frames(count: int, limits: ClipLimits, field: str = "frames", frame_bytes: int = 0) -> InputError:
+    """More frames than the limit, or (``frame_bytes``: decoded bytes of one frame) than the decoded-bytes budget."""
+    allowed = limits.max_frames if not frame_bytes else min(limits.max_frames, limits.max_clip_bytes // frame_bytes)
+    why = "" if not frame_bytes else (f" of this size and type ({frame_bytes} bytes each decoded; at most "
+                                      f"{limits.max_clip_bytes} bytes per request)")
+    return InputError(ErrorCode.TOO_MANY_FRAMES, f"at most {allowed} frames{why} per request, got {count}", field)
 
 
 def frame_too_large(name: str, width: int, height: int, limits: ClipLimits, field: Optional[str] = None) -> InputError:
@@ -193,6 +204,23 @@ def decode_image(data: bytes, name: str, limits: Optional[ClipLimits] = None) ->
 
 
 _DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+#: Bytes per pixel of an opened image's mode as decoded (other modes are converted to RGB).
+_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 2, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2, "RGB": 3, "I": 4, "F": 4}
+
+
+def image_bytes(data: bytes) -> int:
+    """Decoded bytes of an image file, from its header only (0 when unreadable: decoding reports that)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size[0] * img.size[1] * _MODE_BYTES.get(img.mode, 4)
+    except _DECODE_ERRORS:
+        return 0
+
+
+def check_decoded_bytes(frame_bytes: Sequence[int], limits: ClipLimits, field: str = "frames") -> None:
+    """The decoded bytes of a clip's frames (from headers) against the request budget ``max_clip_bytes``."""
+    if sum(frame_bytes) > limits.max_clip_bytes:
+        raise too_many_frames(len(frame_bytes), limits, field, frame_bytes=max(frame_bytes))
 
 
 def _not_an_image(name: str, exc: Exception) -> InputError:
@@ -204,6 +232,7 @@ def decode_images(files: Sequence[Tuple[str, bytes]], limits: ClipLimits, pool: 
     """Several image files (name, bytes), in parallel on ``pool`` (Pillow releases the GIL)."""
     if len(files) > limits.max_frames:
         raise too_many_frames(len(files), limits)
+    check_decoded_bytes([image_bytes(data) for _, data in files], limits)
     if pool is None or len(files) < 2:
         return [decode_image(data, name, limits) for name, data in files]
     return list(pool.map(lambda f: decode_image(f[1], f[0], limits), files))
@@ -250,6 +279,8 @@ def check_array_layout(shape: Tuple[int, ...], dtype: np.dtype, name: str, limit
         raise too_many_frames(frames, limits, name)
     if height * width > limits.max_frame_pixels:
         raise frame_too_large(f"each frame of {name}", width, height, limits, field=name)
+    frame_bytes = int(np.prod(shape[1:])) * np.dtype(dtype).itemsize
+    check_decoded_bytes([frame_bytes] * frames, limits, name)
 
 
 def _array_header(data: bytes) -> Tuple[Tuple[int, ...], np.dtype, Optional[int], Optional[str]]:
@@ -320,13 +351,24 @@ def to_uint8_clip(frames: Sequence[np.ndarray]) -> List[np.ndarray]:
     """
     if all(f.dtype == np.uint8 for f in frames):
         return list(frames)
-    # The percentiles come from the whole clip at once (all dtypes promoted to float32).
-    stack = [f.astype(np.float32, copy=False) for f in frames]
-    sample = np.concatenate([s.ravel() for s in stack])
-    sample = sample[np.isfinite(sample)]
-    lo, hi = np.percentile(sample, STRETCH_PERCENTILES) if sample.size else (0.0, 0.0)
+    # The percentiles come from the whole clip at once (all dtypes promoted to float32), in one
+    # float32 buffer partitioned in place; each frame's float32 copy exists only while it is mapped.
+    # (Peak memory: the frames, plus 4 bytes per value once; not the 3 copies a plain concatenate
+    # and np.percentile would take: 3 GiB instead of 6 for the largest 16-bit RGB clip.)
+    sample = np.empty(sum(f.size for f in frames), np.float32)
+    start = 0
+    for f in frames:
+        sample[start:start + f.size] = f.ravel()
+        start += f.size
+    finite = np.isfinite(sample)
+    if not finite.all():
+        sample = sample[finite]
+    del finite
+    lo, hi = np.percentile(sample, STRETCH_PERCENTILES, overwrite_input=True) if sample.size else (0.0, 0.0)
+    del sample
     scale = 255.0 / (hi - lo) if hi > lo else 0.0
     return [
-        np.clip(np.rint(np.nan_to_num((s - lo) * scale, nan=0.0, posinf=255.0, neginf=0.0)), 0, 255).astype(np.uint8)
-        for s in stack
+        np.clip(np.rint(np.nan_to_num((f.astype(np.float32, copy=False) - lo) * scale, nan=0.0, posinf=255.0,
+                                      neginf=0.0)), 0, 255).astype(np.uint8)
+        for f in frames
     ]

@@ -1,13 +1,15 @@
 """Checkpoint import: the authors' ``.pth`` files and leakseg's native format.
 
-The authors' checkpoints (keys and shapes as in shared/reference/b5_reference_manifest.json,
-optionally prefixed ``module.``) hold the whole network, text model included, under the
-research code's names. ``infer_config`` reads the architecture off tensor shapes, and
-``filter_authors_state_dict`` translates the names to leakseg's modules, as timm's
-checkpoint filter functions do.
+The authors' checkpoints of both families, optionally prefixed ``module.``: JVLGS (keys and shapes
+as in shared/reference/b5_reference_manifest.json; the whole network, text model included) and
+FGSTP (fgstp_b5_reference_manifest.json: no text, ``backbone.decoder.NCD.*``). ``checkpoint_family``
+tells them apart by their keys, ``infer_config`` reads the architecture off tensor shapes, and
+``filter_authors_state_dict`` translates the names to leakseg's modules, as timm's checkpoint
+filter functions do.
 
-The native format is a folder: ``config.json`` (JVLGSConfig plus the prompt bank's prompt
-list) and ``model.safetensors`` (vision weights and prompt embeddings; no text encoder).
+The native format is a folder: ``config.json`` (the model's config, its ``model_type`` the family,
+plus the prompt bank's prompt list) and ``model.safetensors`` (vision weights and prompt
+embeddings; no text encoder; an FGSTP checkpoint has an empty prompt bank).
 """
 
 from __future__ import annotations
@@ -20,24 +22,37 @@ from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 
-from leakseg.model import PVT_VARIANTS, JVLGS, JVLGSConfig, TextModelConfig, build_model
+from leakseg.model import (
+    PVT_VARIANTS, FGSTPConfig, JVLGSConfig, TextModelConfig, TripletNetwork, build_model, config_from_dict,
+)
 from leakseg.model.prompts import PromptBank
 
 PVT_PREFIX = "backbone.encoder.pvtv2_en."
 TEXT_PREFIX = "nlpmodel."
-#: Keys every authors' checkpoint has, whatever its backbone and text model size.
-REQUIRED_KEYS = (
-    PVT_PREFIX + "patch_embed1.proj.weight",
-    "visual_proj.weight",
-    "fmap_proj.weight",
-    "backbone.decoder.final_conv.weight",
-    "fusion_conv.0.weight",
-)
+#: Keys every authors' checkpoint of a family has, whatever its backbone and text model size.
+REQUIRED_KEYS = {
+    "jvlgs": (
+        PVT_PREFIX + "patch_embed1.proj.weight",
+        "visual_proj.weight",
+        "fmap_proj.weight",
+        "backbone.decoder.final_conv.weight",
+        "fusion_conv.0.weight",
+    ),
+    "fgstp": (
+        PVT_PREFIX + "patch_embed1.proj.weight",
+        "backbone.decoder.NCD.conv5.weight",
+        "backbone.decoder.RS3.strong_gra.score.weight",
+        "fusion_conv.0.weight",
+    ),
+}
 
 #: Authors' name -> leakseg name, applied in order (regular expressions on the whole key).
 _RENAMES = [
     (r"^backbone\.encoder\.rfb(\d)_1\.branch(\d)\.", lambda m: f"encoder.rfb.{int(m[1]) - 2}.branches.{m[2]}."),
     (r"^backbone\.encoder\.rfb(\d)_1\.", lambda m: f"encoder.rfb.{int(m[1]) - 2}."),
+    (r"^backbone\.decoder\.NCD\.", lambda m: "decoder.ncd."),
+    (r"^backbone\.decoder\.RS(\d)\.(\w+_gra)\.conv\.0\.", lambda m: f"decoder.rs{m[1]}.{m[2]}.conv."),
+    (r"^backbone\.decoder\.RS(\d)\.", lambda m: f"decoder.rs{m[1]}."),
     (r"^backbone\.decoder\.", lambda m: "decoder."),
     (r"^(visual_proj|fmap_proj)\.", lambda m: f"vlf.{m[1]}."),
     (r"^ctc\.nl_layer(\d)\.nonlocals\.0\.", lambda m: f"ctc.nl_layers.{int(m[1]) - 1}.nonlocal_block."),
@@ -50,7 +65,7 @@ _RENAMES = [
 
 
 class CheckpointError(ValueError):
-    """A file that is not a JVLGS checkpoint leakseg can import; the message names the keys."""
+    """A file that is not a JVLGS or FGSTP checkpoint leakseg can import; the message names the keys."""
 
 
 def _summarise(keys: Iterable[str], limit: int = 8) -> str:
@@ -126,13 +141,30 @@ def _infer_text_model(sd: Dict[str, torch.Tensor]) -> Optional[TextModelConfig]:
     )
 
 
-def infer_config(sd: Dict[str, torch.Tensor], prompts: Optional[List[str]] = None) -> JVLGSConfig:
-    """The architecture of an authors' checkpoint, read off tensor shapes alone."""
-    missing = [k for k in REQUIRED_KEYS if k not in sd]
-    if missing:
-        raise CheckpointError(
-            f"not a JVLGS checkpoint: missing {_summarise(missing)}; it has keys like {_summarise(sd, 5)}"
-        )
+def checkpoint_family(sd: Dict[str, torch.Tensor]) -> str:
+    """"fgstp" for ``backbone.decoder.NCD.*`` without text keys, else "jvlgs" when its keys fit;
+    a CheckpointError naming what each family misses otherwise."""
+    has_text = any(k.startswith((TEXT_PREFIX, "visual_proj.", "fmap_proj.")) for k in sd)
+    has_ncd = any(k.startswith("backbone.decoder.NCD.") for k in sd)
+    family = "fgstp" if has_ncd and not has_text else "jvlgs"
+    if all(k in sd for k in REQUIRED_KEYS[family]):
+        return family
+    misses = "; ".join(
+        f"as {name.upper()} it is missing {_summarise([k for k in keys if k not in sd], 3)}"
+        for name, keys in REQUIRED_KEYS.items() if any(k not in sd for k in keys)
+    )
+    raise CheckpointError(
+        f"not a JVLGS or FGSTP checkpoint: {misses}; it has keys like {_summarise(sd, 5)}"
+    )
+
+
+def infer_config(sd: Dict[str, torch.Tensor], prompts: Optional[List[str]] = None) -> Union[JVLGSConfig, FGSTPConfig]:
+    """The architecture of an authors' checkpoint (either family), read off tensor shapes alone."""
+    if checkpoint_family(sd) == "fgstp":
+        if prompts:
+            raise CheckpointError("this is an FGSTP checkpoint: FGSTP takes no prompts (drop --prompts)")
+        channels = sd["backbone.decoder.NCD.conv_upsample1.conv.weight"].shape[0]
+        return FGSTPConfig(backbone=_infer_backbone(sd), feature_channels=channels)
     text_dim, channels = sd["visual_proj.weight"].shape
     prompt_count = sd["fmap_proj.weight"].shape[1]
     text_model = _infer_text_model(sd)
@@ -162,7 +194,7 @@ def _rename(key: str) -> str:
     return key
 
 
-def filter_authors_state_dict(sd: Dict[str, torch.Tensor], model: JVLGS) -> Dict[str, torch.Tensor]:
+def filter_authors_state_dict(sd: Dict[str, torch.Tensor], model: TripletNetwork) -> Dict[str, torch.Tensor]:
     """The vision part of an authors' state dict under leakseg's names (text keys dropped)."""
     from timm.models.pvt_v2 import checkpoint_filter_fn
 
@@ -174,7 +206,7 @@ def filter_authors_state_dict(sd: Dict[str, torch.Tensor], model: JVLGS) -> Dict
     return out
 
 
-def load_vision_weights(model: JVLGS, sd: Dict[str, torch.Tensor], source: str) -> None:
+def load_vision_weights(model: TripletNetwork, sd: Dict[str, torch.Tensor], source: str) -> None:
     """Strict load with a readable error naming missing, unexpected and mis-shaped keys."""
     own = model.state_dict()
     missing = set(own) - set(sd)
@@ -188,7 +220,7 @@ def load_vision_weights(model: JVLGS, sd: Dict[str, torch.Tensor], source: str) 
             parts.append(f"unexpected {len(unexpected)} keys: {_summarise(unexpected)}")
         if shapes:
             parts.append(f"wrong shapes: {_summarise(shapes)}")
-        raise CheckpointError(f"{source} does not fit a {model.config.backbone} JVLGS: " + "; ".join(parts))
+        raise CheckpointError(f"{source} does not fit a {model.config.backbone} {model.family.upper()}: " + "; ".join(parts))
     model.load_state_dict(sd, strict=True)
 
 
@@ -199,8 +231,9 @@ def text_state_dict(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
 
 def import_authors_checkpoint(
     path: Union[str, Path], prompts: Optional[List[str]] = None
-) -> Tuple[JVLGS, Dict[str, torch.Tensor]]:
-    """(vision model with weights, text model state dict) from an authors' ``.pth``."""
+) -> Tuple[TripletNetwork, Dict[str, torch.Tensor]]:
+    """(vision model with weights, text model state dict) from an authors' ``.pth`` of either
+    family (an FGSTP checkpoint has no text model: the dict is empty)."""
     sd = read_torch_checkpoint(path)
     config = infer_config(sd, prompts)
     model = build_model(config)
@@ -219,7 +252,7 @@ def is_native_checkpoint(path: Union[str, Path]) -> bool:
     return p.is_dir() and (p / NATIVE_WEIGHTS).exists() and (p / NATIVE_CONFIG).exists()
 
 
-def save_native(out_dir: Union[str, Path], model: JVLGS, bank: PromptBank, extra: Optional[dict] = None) -> Path:
+def save_native(out_dir: Union[str, Path], model: TripletNetwork, bank: PromptBank, extra: Optional[dict] = None) -> Path:
     """Vision weights + prompt embeddings (safetensors) and config + prompt list (JSON)."""
     from safetensors.torch import save_file
 
@@ -229,7 +262,8 @@ def save_native(out_dir: Union[str, Path], model: JVLGS, bank: PromptBank, extra
     tensors.update({k: torch.from_numpy(v) for k, v in bank.to_tensors().items()})
     save_file(tensors, str(out / NATIVE_WEIGHTS))
     config = model.config.to_dict()
-    config["text_model"] = None  # native checkpoints carry embeddings, not the text encoder
+    if "text_model" in config:
+        config["text_model"] = None  # native checkpoints carry embeddings, not the text encoder
     config["prompt_bank"] = bank.to_meta()
     if extra:
         config.update(extra)
@@ -245,14 +279,14 @@ def native_postprocess_defaults(path: Union[str, Path]) -> dict:
     return dict(json.loads((p / NATIVE_CONFIG).read_text()).get("postprocess") or {})
 
 
-def load_native(path: Union[str, Path]) -> Tuple[JVLGS, PromptBank]:
+def load_native(path: Union[str, Path]) -> Tuple[TripletNetwork, PromptBank]:
     from safetensors.torch import load_file
 
     p = Path(path)
     if not is_native_checkpoint(p):
         raise CheckpointError(f"{p} is not a native leakseg checkpoint (a folder with {NATIVE_CONFIG} and {NATIVE_WEIGHTS})")
     raw = json.loads((p / NATIVE_CONFIG).read_text())
-    config = JVLGSConfig.from_dict(raw)
+    config = config_from_dict(raw)
     tensors = load_file(str(p / NATIVE_WEIGHTS))
     bank_tensors = {k: tensors.pop(k).numpy() for k in list(tensors) if k.startswith("prompt_bank.")}
     model = build_model(config)

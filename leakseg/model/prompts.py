@@ -1,7 +1,9 @@
 """PromptBank: prompt embeddings computed once at export; requests pick from them by name.
 
 No text encoder runs at request time: a request's prompt list becomes the text matrix E
-(D x P, embeddings as columns, in the request's order) by lookup.
+(D x P, embeddings as columns, in the request's order) by lookup. A model without text (FGSTP)
+has the empty bank (:meth:`PromptBank.empty`): a request that sends prompts to it is refused
+with ``prompts_not_supported``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,15 @@ class PromptBank:
         if missing:
             raise ValueError(f"default prompts missing from the bank: {missing}")
 
+    @classmethod
+    def empty(cls) -> "PromptBank":
+        """The bank of a model that takes no prompts (FGSTP)."""
+        return cls([], np.zeros((0, 0), dtype=np.float32), [])
+
+    @property
+    def takes_prompts(self) -> bool:
+        return bool(self.defaults)
+
     @property
     def dim(self) -> int:
         return int(self.embeddings.shape[1])
@@ -42,6 +53,15 @@ class PromptBank:
         """The request's prompt list, checked: exactly P known prompts, or the defaults."""
         if prompts is None:
             return list(self.defaults)
+        if not self.takes_prompts:
+            if isinstance(prompts, (list, tuple)) and not prompts:
+                return []
+            raise InputError(
+                ErrorCode.PROMPTS_NOT_SUPPORTED,
+                "this model takes no prompts (it is an FGSTP model, which segments without text); "
+                "send the request without 'prompts'",
+                "prompts",
+            )
         if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, str) for p in prompts):
             raise InputError(ErrorCode.INVALID_BODY, "prompts must be a JSON list of strings", "prompts")
         if len(prompts) != self.prompt_count:

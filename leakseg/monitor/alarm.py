@@ -24,7 +24,7 @@ import copy
 import itertools
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from enum import Enum
 from typing import Any, Deque, Dict, List, Optional, Tuple
 

@@ -21,12 +21,11 @@ from typing import List, Optional, Union
 
 import numpy as np
 
-from leakseg.schema import InputError
-from leakseg.serving.parse import content_type, decode_frames, parse_request
-from leakseg.serving.oip import is_v2_input, request_from_envelope_input
-from leakseg.inference.predictor import PreparedClip, Predictor, parse_options
+from leakseg.inference.predictor import PreparedClip, Predictor
 from leakseg.inference.runtime import default_threads
-from leakseg.schema import ClipResult, ErrorCode, ModelDescription
+from leakseg.schema import ClipResult, ErrorCode, InputError, ModelDescription
+from leakseg.serving.oip import is_v2_input, request_from_envelope_input
+from leakseg.serving.parse import content_type, decode_frames, parse_request
 
 log = logging.getLogger(__name__)
 

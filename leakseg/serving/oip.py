@@ -233,16 +233,9 @@ def result_output(body_json: str) -> Dict[str, Any]:
 
 
 def error_body(error: InputError, request_id: Optional[str] = None) -> Dict[str, Any]:
-    """The protocol's error form, ``{"error": message}``, with leakseg's code, field and request id beside it.
-
-    Message and field are cut to 1000 and 100 characters (they may quote the request), as the handler does.
-    """
-    message, field = error.message, error.field
-    if len(message) > 1000:
-        message = f"{message[:1000]}... ({len(message)} characters)"
-    if field is not None and len(field) > 100:
-        field = f"{field[:100]}..."
-    return {"error": f"{error.code.value}: {message}", "code": error.code.value, "field": field,
+    """The protocol's error form, ``{"error": message}``, with leakseg's code, field and request id beside it
+    (InputError keeps message and field short, whatever the request quoted)."""
+    return {"error": f"{error.code.value}: {error.message}", "code": error.code.value, "field": error.field,
             "request_id": request_id}
 
 
@@ -256,28 +249,8 @@ def model_metadata_outputs() -> List[Dict[str, Any]]:
     return [{"name": RESULT_OUTPUT, "datatype": "BYTES", "shape": [1]}]
 
 
-def result_text(response: Mapping[str, Any]) -> str:
-    """The JSON document of a v2 answer: the ``result`` output, else its only BYTES output.
-
-    The kservev2 envelope names its output after the input (``frames``) and the KServe
-    runtime names it ``result``; both hold one string.
-    """
-    outputs = response.get("outputs") or []
-    chosen = [o for o in outputs if o.get("name") == RESULT_OUTPUT] or [o for o in outputs if o.get("datatype") == "BYTES"]
-    if len(chosen) != 1:
-        raise ValueError(f"expected one 'result' output, got {[o.get('name') for o in outputs]}")
-    data = chosen[0].get("data")
-    while isinstance(data, list) and len(data) == 1:
-        data = data[0]
-    if isinstance(data, (bytes, bytearray)):
-        data = data.decode("utf-8")
-    if not isinstance(data, str):
-        raise ValueError("the result output holds no string")
-    return data
-
-
 __all__ = [
     "DESCRIBE_INPUT", "FRAMES_INPUT", "RESULT_OUTPUT", "TENSOR_DATATYPES", "error_body", "is_v2_input",
     "model_metadata_inputs", "model_metadata_outputs", "npy_bytes", "prompts_and_options", "request_from_v2",
-    "request_from_envelope_input", "result_output", "result_text",
+    "request_from_envelope_input", "result_output",
 ]

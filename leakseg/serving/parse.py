@@ -11,7 +11,10 @@ frontend's ``InferenceRequestHandler.parseRequest`` and ``ts/protocol/otf_messag
     have no content type and arrive as ``bytearray``;
   - any other body: one entry ``"body"``, decoded by the request's mime type the same way
     (``application/json`` -> the parsed JSON, or the raw bytes when it is malformed);
-  - query-string parameters become entries too (``?a=b`` -> ``"a": "b"``);
+  - query-string parameters never arrive: the frontend drops the query string of a request with
+    a body (tested through a real TorchServe in tests/test_hardening.py), so they are ignored;
+  - JSON that TorchServe's own ``json.loads`` cannot parse (malformed, invalid UTF-8, nested
+    deeper than Python's recursion limit) arrives as the raw bytes, parsed again here;
   - a repeated name keeps only its last value (the entries go through ``dict.update``).
 * the request's HTTP headers (as the client spelled their names) are read with
   ``context.get_request_header(i, name)``; ``context.get_all_request_header(i)`` mixes them
@@ -190,7 +193,10 @@ def _json_text(value: Any, name: str, code: ErrorCode) -> Any:
     try:
         return json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(code, f"{name} is not valid JSON ({exc})", name) from exc
+        raise InputError(code, f"{name} is not valid JSON ({str(exc)[:200]})", name) from exc
+    except RecursionError as exc:  # TorchServe's own json.loads gave up on it too and forwarded the bytes
+        raise InputError(code, f"{name} is JSON nested too deep (arrays or objects within each other "
+                         "about a thousand levels or more)", name) from exc
 
 
 def _json_type(value: Any) -> str:

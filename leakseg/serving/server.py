@@ -195,6 +195,28 @@ class Server:
             return True
         return _group_alive(self.pid, self.process)
 
+    def processes(self) -> Dict[str, list]:
+        """TorchServe's live processes by role, as psutil.Process lists: "frontend" (the java ModelServer)
+        and "workers" (one Python process per model worker; a new pid means the worker was restarted)."""
+        import psutil
+
+        found: Dict[str, list] = {"frontend": [], "workers": []}
+        for proc in psutil.process_iter(["status", "cmdline"]):
+            try:
+                if proc.info["status"] == psutil.STATUS_ZOMBIE or os.getpgid(proc.pid) != self.pid:
+                    continue
+            except (OSError, psutil.Error):
+                continue
+            command = " ".join(proc.info["cmdline"] or ())
+            if TORCHSERVE_MARKS[1] in command:
+                found["frontend"].append(proc)
+            elif TORCHSERVE_MARKS[2] in command:
+                found["workers"].append(proc)
+        return found
+
+    def worker_pids(self) -> List[int]:
+        return sorted(p.pid for p in self.processes()["workers"])
+
     def wait_ready(self, timeout: float = 300.0, interval: float = 0.5) -> None:
         """Until every model's workers are READY; ServeError if TorchServe exits or time runs out."""
         deadline = time.monotonic() + timeout

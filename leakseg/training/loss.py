@@ -1,18 +1,44 @@
-"""The published loss (REFERENCE.md, "Training, as published"): weighted BCE + weighted IoU on the fused logits."""
+"""The published losses (REFERENCE.md, "Training, as published").
+
+JVLGS: weighted BCE + weighted IoU on the fused logits. FGSTP (its train.py): the same structure loss
+on the fused logits and on all four decoder maps (S_g, S_5, S_4, S_3) of both neighbours, nine terms
+summed; its BCE term is the plain mean BCE, because the research code passes ``reduce='none'``, which
+PyTorch's legacy argument handling reads as reduction="mean" (the weights then cancel out).
+"""
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 
-def structure_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The published loss on (B, 1, H, W) logits and masks in [0, 1]: mean over the batch of wBCE + wIoU."""
+def structure_loss(logits: torch.Tensor, mask: torch.Tensor, weighted_bce: bool = True) -> torch.Tensor:
+    """The published loss on (B, 1, H, W) logits and masks in [0, 1]: mean over the batch of wBCE + wIoU
+    (``weighted_bce=False``: the plain mean BCE, as FGSTP's code computes it)."""
     weit = 1 + 5 * torch.abs(F.avg_pool2d(mask, kernel_size=31, stride=1, padding=15) - mask)
-    bce = F.binary_cross_entropy_with_logits(logits, mask, reduction="none")
-    wbce = (weit * bce).sum(dim=(2, 3)) / weit.sum(dim=(2, 3))
+    if weighted_bce:
+        bce = F.binary_cross_entropy_with_logits(logits, mask, reduction="none")
+        wbce = (weit * bce).sum(dim=(2, 3)) / weit.sum(dim=(2, 3))
+    else:
+        wbce = F.binary_cross_entropy_with_logits(logits, mask)
     pred = torch.sigmoid(logits)
     inter = (pred * mask * weit).sum(dim=(2, 3))
     union = ((pred + mask) * weit).sum(dim=(2, 3))
     wiou = 1 - (inter + 1) / (union - inter + 1)
     return (wbce + wiou).mean()
+
+
+def published_loss(family: str, logits: torch.Tensor, maps1: Sequence[torch.Tensor], maps2: Sequence[torch.Tensor],
+                   mask: torch.Tensor) -> torch.Tensor:
+    """The family's published training loss from the fused logits and the two neighbours' decoder maps."""
+    if family == "fgstp":
+        return sum((structure_loss(m, mask, weighted_bce=False) for m in (*maps1, *maps2)),
+                   structure_loss(logits, mask, weighted_bce=False))
+    return structure_loss(logits, mask)
+
+
+#: Share of the epochs after which the learning rate drops x0.1, as each family's train script does:
+#: JVLGS the last ~20 %; FGSTP epochs 45-60 of 60 (``adjust_lr(decay_epoch=45)``: 44 of 60 at full rate).
+LR_DROP_AT = {"jvlgs": 0.8, "fgstp": 44 / 60}

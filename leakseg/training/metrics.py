@@ -180,3 +180,102 @@ def plot_metrics(per_video: Mapping[str, Union[Mapping, float, None]], false_ala
     path = Path(path)
     img.save(path)
     return path
+
+
+# --- threshold sweeps: the false-alarm / J&F curve and its operating point -------------------------
+
+def operating_point(points, budget: float = 0.05) -> Optional[Dict]:
+    """The point of a sweep to serve at: the best J&F on frames with gas among the points whose false-alarm
+    rate is at most ``budget``; ties go to fewer false alarms, then to the higher threshold. When no point
+    meets the budget, the one with the fewest false alarms (then the best J&F), marked ``meets_budget``
+    False. ``points``: dicts with "false_alarm_rate", "leak_J&F" (None counts as 0) and "threshold".
+    Returns a copy of the chosen point with ``meets_budget`` and ``budget`` added; None for no points."""
+    points = [p for p in points if p.get("false_alarm_rate") is not None]
+    if not points:
+        return None
+    score = lambda p: p.get("leak_J&F") or 0.0  # noqa: E731
+    within = [p for p in points if p["false_alarm_rate"] <= budget + 1e-12]
+    if within:
+        best = max(within, key=lambda p: (score(p), -p["false_alarm_rate"], p.get("threshold", 0.0)))
+    else:
+        best = min(points, key=lambda p: (p["false_alarm_rate"], -score(p), -p.get("threshold", 0.0)))
+    return {**best, "meets_budget": bool(within), "budget": budget}
+
+
+def format_sweep(points, chosen: Optional[Mapping] = None) -> str:
+    """One row per (normalisation, threshold): false-alarm rate, J&F on frames with gas, overall J&F."""
+    lines = [f"{'normalization':<13} {'threshold':>9} {'false alarms':>12} {'J&F gas':>8} {'J&F':>7} "
+             f"{'clip recall':>11}"]
+    for p in points:
+        mark = "  <- operating point" if chosen is not None and (p["normalization"], p["threshold"]) == (
+            chosen["normalization"], chosen["threshold"]) else ""
+        lines.append(f"{p['normalization']:<13} {p['threshold']:>9.3f} {_fmt(p['false_alarm_rate'], True):>12} "
+                     f"{_fmt(p['leak_J&F']):>8} {_fmt(p['J&F']):>7} {_fmt(p['clip_recall'], True):>11}{mark}")
+    if chosen is not None:
+        verdict = "meets" if chosen["meets_budget"] else "NO threshold meets"
+        lines.append(f"operating point ({verdict} the false-alarm budget of {100 * chosen['budget']:.1f}%): "
+                     f"normalization {chosen['normalization']}, threshold {chosen['threshold']:.3f}: false alarms "
+                     f"{_fmt(chosen['false_alarm_rate'], True)}, J&F on frames with gas {_fmt(chosen['leak_J&F'])}")
+    return "\n".join(lines)
+
+
+_SERIES_COLOURS = {"absolute": (66, 133, 244), "minmax": (244, 160, 0)}
+
+
+def plot_sweep(points, path: Union[str, Path], chosen: Optional[Mapping] = None, budget: Optional[float] = None,
+               title: str = "") -> Path:
+    """The sweep as a PNG: x = false alarms on leak-free frames (%), y = J&F on frames with gas, one line
+    per normalisation (points in threshold order), the budget as a dashed vertical line and the operating
+    point circled."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    left, top, pw, ph = 60, 40, 520, 360
+    img = Image.new("RGB", (left + pw + 170, top + ph + 50), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((left, 10), title or "threshold sweep: J&F on frames with gas vs false alarms on leak-free frames",
+              fill="black", font=font)
+
+    def xy(fa, jf):
+        return left + pw * min(max(fa, 0.0), 1.0), top + ph * (1 - min(max(jf, 0.0), 100.0) / 100)
+
+    draw.rectangle([left, top, left + pw, top + ph], outline="black")
+    for k in range(0, 11):
+        x, _ = xy(k / 10, 0)
+        _, y = xy(0, 10 * k)
+        draw.line([x, top + ph, x, top + ph + 4], fill="black")
+        draw.text((x - 8, top + ph + 6), f"{10 * k}", fill="black", font=font)
+        draw.line([left - 4, y, left, y], fill="black")
+        draw.text((left - 26, y - 6), f"{10 * k}", fill="black", font=font)
+        draw.line([left + 1, y, left + pw - 1, y], fill=(235, 235, 235))
+    draw.text((left + pw / 2 - 90, top + ph + 22), "false alarms on leak-free frames (%)", fill="black", font=font)
+    draw.text((4, top - 16), "J&F on frames with gas", fill="black", font=font)
+    if budget is not None:
+        x, _ = xy(budget, 0)
+        for y in range(top, top + ph, 8):
+            draw.line([x, y, x, y + 4], fill=(200, 0, 0))
+        draw.text((x + 3, top + 3), f"budget {100 * budget:g}%", fill=(200, 0, 0), font=font)
+    legend_y = top
+    for norm in sorted({p["normalization"] for p in points}):
+        series = sorted((p for p in points if p["normalization"] == norm and p["false_alarm_rate"] is not None),
+                        key=lambda p: p["threshold"])
+        colour = _SERIES_COLOURS.get(norm, (80, 80, 80))
+        coords = [xy(p["false_alarm_rate"], p["leak_J&F"] or 0.0) for p in series]
+        if len(coords) > 1:
+            draw.line(coords, fill=colour, width=2)
+        for x, y in coords:
+            draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
+        draw.line([left + pw + 12, legend_y + 6, left + pw + 32, legend_y + 6], fill=colour, width=3)
+        draw.text((left + pw + 36, legend_y), norm, fill="black", font=font)
+        legend_y += 16
+    if chosen is not None:
+        x, y = xy(chosen["false_alarm_rate"], chosen["leak_J&F"] or 0.0)
+        draw.ellipse([x - 7, y - 7, x + 7, y + 7], outline=(200, 0, 0), width=2)
+        draw.text((left + pw + 12, legend_y + 8), "operating point:", fill="black", font=font)
+        draw.text((left + pw + 12, legend_y + 22), f"{chosen['normalization']} > {chosen['threshold']:.3f}",
+                  fill="black", font=font)
+        draw.text((left + pw + 12, legend_y + 36), f"FA {100 * chosen['false_alarm_rate']:.1f}%, "
+                  f"J&F {chosen['leak_J&F'] or 0.0:.1f}", fill="black", font=font)
+    path = Path(path)
+    img.save(path)
+    return path

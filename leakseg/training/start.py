@@ -1,4 +1,6 @@
-"""Where training starts: an authors' checkpoint, a native leakseg checkpoint, or scratch.
+"""Where training starts: an authors' checkpoint (JVLGS or FGSTP), a native leakseg checkpoint, or scratch.
+
+An FGSTP model has no text path: its prompt bank is empty and nothing below applies to it.
 
 The text path is never trained. The text matrix E (D x P) is a constant:
 
@@ -18,7 +20,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from leakseg.model import DEFAULT_PROMPTS, JVLGS, build_model
+from leakseg.model import DEFAULT_PROMPTS, FAMILIES, TripletNetwork, build_model
 from leakseg.model.prompts import PromptBank
 
 SCRATCH_BANK_SEED = 20240531
@@ -42,17 +44,26 @@ def scratch_prompt_bank(prompts: Sequence[str] = DEFAULT_PROMPTS, dim: int = 512
     return PromptBank(prompts, emb, prompts)
 
 
-def load_start(init: Optional[Union[str, Path]], backbone: str = "pvt_v2_b0") -> Tuple[JVLGS, PromptBank, dict]:
-    """(model, prompt bank, provenance) from an authors' .pth, a native folder, or scratch (init None)."""
+def load_start(init: Optional[Union[str, Path]], backbone: str = "pvt_v2_b0", arch: Optional[str] = None
+               ) -> Tuple[TripletNetwork, PromptBank, dict]:
+    """(model, prompt bank, provenance) from an authors' .pth, a native folder, or scratch (init None).
+
+    ``arch`` (jvlgs or fgstp) picks the family for scratch training (default jvlgs); with ``init`` the
+    checkpoint's family is used and ``arch``, when given, must match it."""
     from leakseg.model.checkpoint import import_authors_checkpoint, is_native_checkpoint, load_native
 
+    if arch is not None and arch not in FAMILIES:
+        raise ValueError(f"unknown --arch {arch!r}; choose one of {list(FAMILIES)}")
     if init is None:
-        model = build_model(backbone)
+        model = build_model(backbone, arch or "jvlgs")
+        if model.family == "fgstp":
+            return model, PromptBank.empty(), {"start": f"scratch (FGSTP {backbone}, random init, no pretrained weights)"}
         bank = scratch_prompt_bank(model.config.prompts, model.config.text_dim)
         return model, bank, {"start": f"scratch ({backbone}, random init, no pretrained weights)",
                              "prompt_bank_note": SCRATCH_BANK_NOTE.format(seed=SCRATCH_BANK_SEED)}
     if is_native_checkpoint(init):
         model, bank = load_native(init)
+        _check_arch(model, arch, init)
         raw = json.loads((Path(init) / "config.json").read_text())
         info = {"start": f"native checkpoint {Path(init).name}"}
         if "prompt_bank_note" in raw:
@@ -62,6 +73,9 @@ def load_start(init: Optional[Union[str, Path]], backbone: str = "pvt_v2_b0") ->
     from leakseg.model.tokenizer import load_tokenizer
 
     model, text_sd = import_authors_checkpoint(init)
+    _check_arch(model, arch, init)
+    if model.family == "fgstp":
+        return model, PromptBank.empty(), {"start": f"authors' FGSTP checkpoint {Path(init).name}"}
     if not text_sd:
         raise ValueError(f"{init} has no text model (nlpmodel.*) to embed the prompts with")
     text_model = build_text_model(model.config.text_model, text_sd).eval()
@@ -71,3 +85,8 @@ def load_start(init: Optional[Union[str, Path]], backbone: str = "pvt_v2_b0") ->
     return model, bank, {"start": f"authors' checkpoint {Path(init).name}",
                          "prompt_bank_note": "embeddings of the prompts by the checkpoint's own OWLv2 text model, "
                                              "frozen during fine-tuning (the text model is not saved)"}
+
+
+def _check_arch(model: TripletNetwork, arch: Optional[str], init) -> None:
+    if arch is not None and arch != model.family:
+        raise ValueError(f"--arch {arch} but {init} is a {model.family.upper()} checkpoint")

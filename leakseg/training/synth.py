@@ -32,6 +32,42 @@ wind and noise of a seed do not depend on the mode, so ``leak="none"`` is the ga
 A leak that is on at frame 0 has been running for three dissipation times, so its plume is fully developed;
 after a leak stops, the gas left behind drifts on and fades below visibility within a few frames (clear_time).
 
+**Version 3** (``version=3``; ``leakseg synth`` writes it by default, the library functions default to 2 so
+that existing datasets and tests stay byte-identical) keeps all of the above and adds what real OGI footage
+has and version 2 lacks. Each effect draws from its own random stream (a fifth stream of the clip seed, split
+per effect), so ``effects={"name": strength}`` (0 = off, 1 = default) changes that effect alone:
+
+* ``structures``: 3-12 static hot or cold objects of many shapes: ellipses, superellipses (stars, diamonds,
+  rounded boxes), rings, triangles, boxes and thin bars (poles, cables), 0.05-0.35 hotter or colder than the
+  ground, shaded; they hide the sky behind them.
+* ``shimmer``: 0-2 steam-free hot exhaust outlets (a hot stack) with a rising cone of heat shimmer: the
+  background behind it is displaced by a boiling random field of 0.6-2.5 px (refraction) and warmed by at
+  most 0.03 (the exhaust gas itself). Plume-shaped, moving, and not the leak: a hard negative.
+* ``clouds``: a second cloud layer, faster (0.5-4 px per frame) and with sharper edges than version 2's.
+* ``birds``: 0-5 flapping warm birds anywhere in the view, 2-9 px per frame.
+* ``insects``: 0-12 insects close to the lens: out of focus (1.5-6 px soft blobs), faint (+-0.02-0.12),
+  fast and erratic; mostly warm.
+* ``reflections``: 0-3 shiny panels or wet patches that mirror the cold sky (reflectivity 0.2-0.7) with a
+  moving cloud texture in it.
+* ``fixed_pattern``: on top of version 2's: column stripes (0.5-2.5 noise sigma), row stripes (0-1.5),
+  a smooth non-uniformity residue (0.5-3) and 0.01-0.1 % hot or dead pixels (5-20 sigma).
+* ``drift``: a slow per-frame gain drift (AR(1), 0.5-3 %), a larger offset drift (0.5-3 sigma) and, in
+  30 % of the clips, a flat-field-correction step (1-4 sigma) at a random frame.
+* ``shake``: 85 % of the cameras shake: a random walk of 0.3-2 px steps with occasional jolts, whole
+  pixels, within the canvas margin (version 2: a third stand still, smaller steps). Labels move with it.
+* ``distance``: 30 % far sources (every plume length and speed x 0.35-0.7), 25 % near (x 1.4-2.2).
+* ``thin_faint``: 35 % thin plumes (source x 0.35-0.6, spreading x 0.15-0.4) and, independently, 35 % faint
+  ones (peak optical depth only 1.5-5 x the visibility threshold, contrast at the threshold 4-5 noise sigmas
+  instead of 4-8). The labelling rule is version 2's: ``mask = D > visibility_threshold``, with gas at the
+  threshold at least 4 noise sigmas from the background (before the optics blur).
+
+Both plume polarities occur (hot and cold gas, white-hot and black-hot palettes); ``meta["plume_polarity"]``
+says whether the gas is brighter or darker than the background in the written frames. Leaks that start
+mid-clip are leak mode "start"; a version-3 dataset is by default one third leak-free (hard negatives: the
+same distractors with no gas, :data:`DEFAULT_FRACTIONS`) and one third partial (start or stop). The
+distractor mix does not depend on the leak mode, so clutter is no cue for "no leak", and a leak-free clip
+is still the gas-free twin of its seed. ``meta["distractors"]`` records what each effect drew.
+
 Output follows the authors' dataset layout: ``OUT/SCENE/images/00000.png``, ``OUT/SCENE/masks/00000.png``
 (0/255 uint8) and ``OUT/SCENE/meta.json``. Everything is drawn from ``numpy.random.default_rng``, so the same
 seed gives byte-identical files.
@@ -51,7 +87,16 @@ import numpy as np
 #: Default optical depth above which gas counts as visible (opacity 1 - e^-0.1 ~ 9.5 %).
 VISIBILITY_THRESHOLD = 0.1
 LEAK_MODES = ("full", "none", "start", "stop")
-GENERATOR_VERSION = 2
+#: The newest generator version (what `leakseg synth` writes by default).
+GENERATOR_VERSION = 3
+GENERATOR_VERSIONS = (2, 3)
+#: Version the library functions use when not told: 2, which existing datasets and tests were made with.
+DEFAULT_LIBRARY_VERSION = 2
+#: Version-3 effects, each a strength in ``simulate_clip(effects={...})``: 0 off, 1 the default mix.
+V3_EFFECTS = ("structures", "shimmer", "clouds", "birds", "insects", "reflections",
+              "fixed_pattern", "drift", "shake", "distance", "thin_faint")
+#: Share of leak-free and of partial (start/stop mid-clip) clips in a dataset, per version.
+DEFAULT_FRACTIONS = {2: (0.2, 0.2), 3: (1 / 3, 1 / 3)}
 
 _MARGIN = 8  # canvas border, in pixels, that camera jitter can bring into view
 
@@ -464,6 +509,7 @@ class _Camera:
         self.fpn = (rng.standard_normal(width)[None, :] * rng.uniform(0.2, 1.0)
                     + rng.standard_normal((height, width)) * 0.3) * noise_sigma
         self.pixel_gain = 1 + rng.standard_normal((height, width)) * 0.005
+        self.gain = np.ones(frames)  # per-frame gain drift (version 3)
 
     def crop(self, canvas_stack: np.ndarray) -> np.ndarray:
         """The part of each canvas frame the shaken camera sees."""
@@ -473,7 +519,8 @@ class _Camera:
 
     def __call__(self, scene_stack: np.ndarray) -> np.ndarray:
         seen = self.crop(blur(scene_stack, self.psf))
-        return (seen * self.vignette * self.pixel_gain + self.fpn + self.drift[:, None, None]).astype(np.float32)
+        seen = seen * self.vignette * self.pixel_gain * self.gain[:, None, None]
+        return (seen + self.fpn + self.drift[:, None, None]).astype(np.float32)
 
     def meta(self) -> Dict:
         return {"psf_sigma": float(self.psf), "jitter": self.shifts.tolist()}
@@ -496,6 +543,262 @@ def _output_map(rng: np.random.Generator, bit_depth: int, ref: np.ndarray, gas: 
     return {"polarity": "white-hot", "offset": rng.uniform(5000, 20000), "gain": rng.uniform(2000, 8000)}
 
 
+# ---------------------------------------------------------------- version 3: the distractors of real footage
+
+
+def _effect_streams(seq: np.random.SeedSequence, effects: Optional[Dict[str, float]]):
+    """One independent generator per v3 effect, and each effect's strength (0 = off, 1 = default).
+
+    Every effect draws from its own stream whether it is on or not, so switching one effect off (or
+    changing its strength) leaves every other effect of the seed exactly as it was.
+    """
+    effects = dict(effects or {})
+    unknown = sorted(set(effects) - set(V3_EFFECTS))
+    if unknown:
+        raise ValueError(f"unknown v3 effects {unknown}; known: {list(V3_EFFECTS)}")
+    for name, value in effects.items():
+        if not (isinstance(value, (int, float)) and value >= 0):
+            raise ValueError(f"effect {name!r}: strength must be a number >= 0, got {value!r}")
+    rngs = {name: np.random.default_rng(s) for name, s in zip(V3_EFFECTS, seq.spawn(len(V3_EFFECTS)))}
+    return {name: (rngs[name], float(effects.get(name, 1.0))) for name in V3_EFFECTS}
+
+
+def _coverage(kind: str, u: np.ndarray, v: np.ndarray, a: float, b: float, extra: float) -> np.ndarray:
+    """Anti-aliased coverage (0..1) of a shape centred at u = v = 0, half sizes a (along u) and b (along v)."""
+    if kind == "ellipse":
+        d = (np.sqrt((u / a) ** 2 + (v / b) ** 2) - 1) * min(a, b)
+    elif kind == "superellipse":  # extra = exponent: < 1 star-like, 1 diamond, 2 ellipse, > 2 rounded box
+        d = ((np.abs(u / a) ** extra + np.abs(v / b) ** extra) ** (1 / extra) - 1) * min(a, b)
+    elif kind == "ring":  # extra = wall thickness in pixels
+        d = np.abs(np.sqrt((u / a) ** 2 + (v / b) ** 2) - 1) * min(a, b) - extra
+    elif kind == "triangle":  # apex at v = -b, base at v = +b from u = -a to a
+        d = np.maximum(v - b, (2 * b * np.abs(u) - a * (v + b)) / math.hypot(a, 2 * b))
+    else:  # "box" (tanks seen side-on, cabinets, panels, poles and cables when thin)
+        d = np.maximum(np.abs(u) - a, np.abs(v) - b)
+    return np.clip(0.5 - d, 0.0, 1.0).astype(np.float32)
+
+
+_SHAPES = ("ellipse", "superellipse", "ring", "triangle", "box", "bar")
+
+
+def _structures(rng: np.random.Generator, strength: float, scene: _Scene) -> List[Dict]:
+    """Static hot and cold structures of many shapes drawn into the scene (in place).
+
+    Ellipses (tank ends, insulated vessels), superellipses (diamonds, stars, rounded boxes), rings
+    (flanged openings, coils), triangles (roofs, supports), boxes (cabinets, panels) and thin bars (poles,
+    cables), each hotter (process equipment, motors, sun-heated metal) or colder (cryogenic lines, shaded
+    or sky-reflecting metal) than the ground by 0.05-0.35, with a shading gradient. They hide the sky behind
+    them. ``strength`` scales their contrast; 0 draws none.
+    """
+    img, sky = scene.image, scene.sky
+    h, w = img.shape
+    n = int(rng.integers(3, 13))
+    drawn = []
+    for _ in range(n):
+        kind = _SHAPES[int(rng.integers(len(_SHAPES)))]
+        cy, cx = rng.uniform(0.05, 0.95) * h, rng.uniform(0.05, 0.95) * w
+        a, b = rng.uniform(0.02, 0.12) * w, rng.uniform(0.02, 0.12) * h
+        if kind == "bar":
+            kind, a, b = "box", rng.uniform(0.1, 0.45) * w, rng.uniform(0.6, 2.5)
+        extra = rng.uniform(0.6, 4.0) if kind == "superellipse" else rng.uniform(1.0, 4.0)
+        angle = rng.uniform(0, math.pi)
+        sign = 1.0 if rng.random() < 0.55 else -1.0
+        temp = scene.ground_level + strength * sign * rng.uniform(0.05, 0.35)
+        shade = rng.uniform(-0.04, 0.04) * strength
+        r = int(max(a, b)) + 3
+        y0, y1, x0, x1 = max(int(cy) - r, 0), min(int(cy) + r + 1, h), max(int(cx) - r, 0), min(int(cx) + r + 1, w)
+        drawn.append({"kind": kind, "y": float(cy), "x": float(cx), "temp": float(temp)})
+        if strength == 0 or y0 >= y1 or x0 >= x1:
+            continue
+        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+        c, s = math.cos(angle), math.sin(angle)
+        u, v = c * (xx - cx) + s * (yy - cy), -s * (xx - cx) + c * (yy - cy)
+        cover = _coverage(kind, u, v, max(a, 1.0), max(b, 0.6), extra)
+        fill = temp + shade * np.clip(v / max(b, 1.0), -1, 1)
+        img[y0:y1, x0:x1] = img[y0:y1, x0:x1] * (1 - cover) + fill * cover
+        sky[y0:y1, x0:x1] *= (cover < 0.5)
+    return drawn
+
+
+def _shimmer_sources(rng: np.random.Generator, strength: float, scene: _Scene) -> List[Dict]:
+    """0-2 hot exhaust outlets (engine, heater or flare stacks, steam-free), drawn as hot stacks."""
+    img, sky = scene.image, scene.sky
+    h, w = img.shape
+    outlets = []
+    for _ in range(int(rng.choice([0, 1, 1, 2]))):
+        y, x = rng.uniform(0.2, 0.8) * h, rng.uniform(0.1, 0.9) * w
+        half, tall = int(rng.integers(2, 7)), int(rng.integers(8, 40))
+        if strength > 0:
+            sl = slice(int(y), min(int(y) + tall, h)), slice(max(int(x) - half, 0), int(x) + half + 1)
+            img[sl] = rng.uniform(0.8, 1.0)
+            sky[sl] = 0
+        else:
+            rng.uniform(0.8, 1.0)
+        outlets.append(dict(y=float(y), x=float(x), length=rng.uniform(0.2, 0.5) * h,
+                            spread=rng.uniform(0.15, 0.35), lean=rng.uniform(-0.5, 0.5),
+                            amp=rng.uniform(0.6, 2.5), heat=rng.uniform(0.0, 0.03),
+                            rise=rng.uniform(2.0, 8.0)))
+    return outlets
+
+
+def _apply_shimmer(rng: np.random.Generator, strength: float, outlets: List[Dict], stack: np.ndarray) -> np.ndarray:
+    """Heat shimmer above each outlet: the background seen through hot turbulent air is displaced by a
+    rising, boiling random field of ``amp`` pixels (refraction), and warmed by at most ``heat`` (the hot
+    exhaust gas itself; no steam, no condensation plume). Not labelled: it is not the leaking gas."""
+    frames, h, w = stack.shape
+    if not outlets or strength == 0:
+        for _ in outlets:  # keep the stream's position independent of the strength
+            [_noise_spectrum(rng, (h, w), 2.2) for _ in range(3)]
+        return stack
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    weight = np.zeros((h, w), np.float32)
+    fields = []
+    for o in outlets:
+        along = o["y"] - yy  # height above the outlet
+        across = (xx - o["x"]) - o["lean"] * along  # the hot air leans with the wind
+        width = 3 + o["spread"] * np.maximum(along, 0)
+        cone = np.exp(-0.5 * (across / width) ** 2) * (along > -2) * np.exp(-np.maximum(along, 0) / o["length"])
+        weight = np.maximum(weight, cone.astype(np.float32))
+        fields.append((cone.astype(np.float32), o, [_noise_spectrum(rng, (h, w), 2.2) for _ in range(3)]))
+    out = stack.copy()
+    for t in range(frames):
+        dy = np.zeros((h, w), np.float32)
+        dx = np.zeros((h, w), np.float32)
+        warm = np.zeros((h, w), np.float32)
+        for cone, o, (sy, sx, sh) in fields:
+            shift = (-o["rise"] * t, 0.0)  # the hot air rises; a new pattern every frame
+            dy += strength * o["amp"] * cone * _noise(sy, (h, w), shift)
+            dx += strength * o["amp"] * cone * _noise(sx, (h, w), shift)
+            warm += strength * o["heat"] * cone * np.exp(0.5 * _noise(sh, (h, w), shift))
+        out[t] = _bilinear(stack[t], yy + dy, xx + dx) + warm
+    return out
+
+
+def _moving_distractors(fx, scene: _Scene, canvas, frames: int) -> Tuple[np.ndarray, Dict]:
+    """Clouds, birds, insects and reflections of v3 (T x canvas), each scaled by its strength."""
+    h, w = canvas
+    out = np.zeros((frames,) + canvas, np.float32)
+    meta = {}
+    # Clouds: more of them than v2, faster, with sharper edges; also cold gaps (clear sky) inside a warm deck.
+    rng, k = fx["clouds"]
+    spec = _noise_spectrum(rng, canvas, rng.uniform(3.0, 4.5))
+    cover, softness, amp = rng.uniform(-0.8, 0.8), rng.uniform(0.3, 1.2), rng.uniform(0.05, 0.25)
+    vel = rng.uniform(-1.0, 1.0), rng.uniform(0.5, 4.0) * rng.choice([-1, 1])
+    if k > 0 and scene.sky.any():
+        for t in range(frames):
+            n = _noise(spec, canvas, (vel[0] * t * 0.3, vel[1] * t))
+            out[t] += k * amp * np.clip((n - cover) / softness, 0, 1) ** 1.5 * scene.sky
+    meta["clouds"] = {"amplitude": float(k * amp), "speed_px": float(abs(vel[1]))}
+    # Birds: anywhere in the view (gulls over a plant), flapping, warm.
+    rng, k = fx["birds"]
+    n = int(rng.integers(0, 6))
+    y0, x0 = rng.uniform(0, h, n), rng.uniform(0, w, n)
+    vy, vx = rng.uniform(-2, 2, n), rng.uniform(2, 9, n) * rng.choice([-1, 1], n)
+    size, heat, phase = rng.uniform(0.8, 3.0, n), rng.uniform(0.1, 0.4, n), rng.uniform(0, 6.3, n)
+    if k > 0 and n:
+        for t in range(frames):
+            flap = 1 + 0.6 * np.sin(1.7 * t + phase)
+            out[t] += _render_gaussians(y0 + vy * t, (x0 + vx * t) % w, size * 0.7, size * flap,
+                                        2 * math.pi * size * size * heat * k, canvas)
+    meta["birds"] = n
+    # Insects: close to the lens, so out of focus (soft, 1.5-6 px), faint, fast and erratic; warm or cool.
+    rng, k = fx["insects"]
+    n = int(rng.choice([0, 0, 2, 5, 12]))
+    pos = np.stack([rng.uniform(0, h, n), rng.uniform(0, w, n)], 1)
+    steps = np.cumsum(rng.normal(0, 4.0, (frames, n, 2)) + rng.normal(0, 4.0, (1, n, 2)), axis=0)
+    size = rng.uniform(1.5, 6.0, n)
+    heat = rng.uniform(0.02, 0.12, n) * np.where(rng.random(n) < 0.75, 1.0, -1.0)
+    if k > 0 and n:
+        for t in range(frames):
+            p = pos + steps[t]
+            out[t] += _render_gaussians(p[:, 0] % h, p[:, 1] % w, size, size,
+                                        2 * math.pi * size * size * heat * k, canvas)
+    meta["insects"] = n
+    # Reflections: shiny panels, wet ground or windows mirror the cold sky and its moving clouds.
+    rng, k = fx["reflections"]
+    n = int(rng.choice([0, 1, 1, 2, 3]))
+    meta["reflections"] = n
+    for _ in range(n):
+        cy, cx = rng.uniform(0.3, 0.95) * h, rng.uniform(0.05, 0.95) * w
+        a, b = rng.uniform(0.04, 0.15) * w, rng.uniform(0.02, 0.08) * h
+        refl, sky_temp = rng.uniform(0.2, 0.7), rng.uniform(0.05, 0.3)
+        spec = _noise_spectrum(rng, canvas, rng.uniform(3.0, 4.0))
+        amp, vel = rng.uniform(0.02, 0.1), rng.uniform(0.5, 3.0) * rng.choice([-1, 1])
+        if k == 0:
+            continue
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        patch = _coverage("box", xx - cx, yy - cy, a, b, 0)
+        static = patch * refl * (sky_temp - scene.image)
+        for t in range(frames):
+            out[t] += k * (static + patch * refl * amp * _noise(spec, canvas, (0.0, vel * t)))
+    return out, meta
+
+
+def _vary_plume(fx, p: Dict[str, float]) -> Tuple[Tuple[float, float], Dict]:
+    """Far and near sources, thin and faint plumes (in place on the plume parameters).
+
+    distance: 30 % far (every length and speed x 0.35-0.7), 25 % near (x 1.4-2.2), else as v2.
+    thin_faint: 35 % thin (source size x 0.35-0.6, spreading x 0.15-0.4: a narrow jet or wisp); 35 % faint
+    (peak optical depth only 1.5-5 x the visibility threshold, so most of the gas is near it, and the
+    contrast at the threshold 4-5 noise sigmas, the low end of v2's 4-8: still visible, by v2's rule).
+    Returns the range the per-clip edge SNR is drawn from.
+    """
+    rng, k = fx["distance"]
+    u, scale = rng.random(), 1.0
+    far, near = rng.uniform(0.35, 0.7), rng.uniform(1.4, 2.2)
+    if k > 0:
+        scale = far if u < 0.3 else near if u < 0.55 else 1.0
+    for key in ("zoom", "jet_speed", "wind_x", "wind_y", "rise", "turbulence", "warp"):
+        p[key] *= scale
+    p["sigma0"] = max(p["sigma0"] * scale, 0.7)
+    p["diffusivity"] *= scale * scale
+    rng, k = fx["thin_faint"]
+    thin, faint = rng.random() < 0.35, rng.random() < 0.35
+    narrow, spread = rng.uniform(0.35, 0.6), rng.uniform(0.15, 0.4)
+    weak = math.exp(rng.uniform(math.log(1.5), math.log(5.0)))
+    thin, faint = thin and k > 0, faint and k > 0
+    if thin:
+        p["sigma0"] = max(p["sigma0"] * narrow, 0.7)
+        p["diffusivity"] *= spread
+        p["warp"] *= 0.6
+    if faint:
+        p["strength"] = weak
+    return ((4.0, 5.0) if faint else (4.0, 8.0)), {"distance_scale": scale, "thin": thin, "faint": faint}
+
+
+def _camera_v3(fx, camera: "_Camera", frames: int, noise_sigma: float) -> Dict:
+    """Stronger sensor artefacts than v2 (in place on the camera): fixed patterns, gain/offset drift, shake.
+
+    fixed_pattern: column stripes (0.5-2.5 sigma), row stripes (0-1.5 sigma), a smooth non-uniformity
+    residue (0.5-3 sigma) and 0.01-0.1 % hot or dead pixels (5-20 sigma). drift: a slow gain drift
+    (AR(1), 0.5-3 %) and offset drift (0.5-3 sigma), plus, in 30 % of the clips, a flat-field
+    correction step (1-4 sigma) at a random frame. shake: 85 % of the cameras shake, a random walk of
+    0.3-2 px steps with occasional jolts, within the canvas margin (whole pixels).
+    """
+    h, w = camera.size
+    rng, k = fx["fixed_pattern"]
+    cols = rng.standard_normal(w)[None, :] * rng.uniform(0.5, 2.5)
+    rows = rng.standard_normal(h)[:, None] * rng.uniform(0.0, 1.5)
+    smooth = _noise(_noise_spectrum(rng, (h, w), 3.0), (h, w)) * rng.uniform(0.5, 3.0)
+    bad = rng.random((h, w)) < rng.uniform(1e-4, 1e-3)
+    bad_val = rng.uniform(5, 20, (h, w)) * np.where(rng.random((h, w)) < 0.5, 1, -1)
+    camera.fpn = camera.fpn + k * noise_sigma * (cols + rows + smooth + bad * bad_val)
+    rng, k = fx["drift"]
+    gain = _ar1(rng, frames, 0.95, rng.uniform(0.005, 0.03))[:, 0]
+    offset = _ar1(rng, frames, 0.95, rng.uniform(0.5, 3.0) * noise_sigma)[:, 0]
+    if rng.random() < 0.3 and frames > 1:
+        offset[int(rng.integers(1, frames)):] += rng.uniform(1, 4) * noise_sigma * rng.choice([-1, 1])
+    camera.gain = 1 + k * gain
+    camera.drift = camera.drift + k * offset
+    rng, k = fx["shake"]
+    still = rng.random() < 0.15
+    walk = np.cumsum(_ar1(rng, frames, 0.5, rng.uniform(0.3, 2.0), 2), axis=0)
+    jolts = (rng.random((frames, 1)) < 0.1) * rng.normal(0, 4, (frames, 2))
+    if k > 0 and not still:
+        camera.shifts = np.clip(np.rint(k * (walk + jolts)), -_MARGIN, _MARGIN).astype(np.intp)
+    return {"gain_drift": float(np.abs(camera.gain - 1).max()), "still": bool(still or k == 0)}
+
+
 # ---------------------------------------------------------------- public API
 
 
@@ -507,8 +810,14 @@ def simulate_clip(
     leak: Union[str, bool] = "full",
     bit_depth: int = 8,
     visibility_threshold: float = VISIBILITY_THRESHOLD,
+    version: int = DEFAULT_LIBRARY_VERSION,
+    effects: Optional[Dict[str, float]] = None,
 ) -> SynthClip:
-    """Render one clip with all its layers. ``leak``: "full", "none", "start", "stop" (or True / False)."""
+    """Render one clip with all its layers. ``leak``: "full", "none", "start", "stop" (or True / False).
+
+    ``version`` 2 renders exactly what generator version 2 rendered; 3 adds the distractors of
+    :data:`V3_EFFECTS`, whose strengths ``effects`` sets (name -> factor, 0 = off; version 3 only).
+    """
     leak = {True: "full", False: "none"}.get(leak, leak) if isinstance(leak, bool) else leak
     if leak not in LEAK_MODES:
         raise ValueError(f"leak must be one of {LEAK_MODES}, got {leak!r}")
@@ -516,20 +825,44 @@ def simulate_clip(
         raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
     if frames < 1 or height < 16 or width < 16:
         raise ValueError("need frames >= 1 and a size of at least 16 x 16")
+    if version not in GENERATOR_VERSIONS:
+        raise ValueError(f"version must be one of {GENERATOR_VERSIONS}, got {version!r}")
+    if effects and version < 3:
+        raise ValueError("effects need version 3")
     # Independent streams: the scene, wind and noise of a seed stay the same whatever the leak mode.
-    r_scene, r_plume, r_time, r_cam = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4))
+    # Version 3's effects draw from a fifth stream (one sub-stream per effect), so the first four are v2's.
+    seqs = np.random.SeedSequence(seed).spawn(5)
+    r_scene, r_plume, r_time, r_cam = (np.random.default_rng(s) for s in seqs[:4])
+    fx = _effect_streams(seqs[4], effects) if version >= 3 else None
     canvas = (height + 2 * _MARGIN, width + 2 * _MARGIN)
     scene = _render_scene(r_scene, canvas)
+    v3_meta: Dict = {}
+    if fx:
+        v3_meta["structures"] = len(_structures(*fx["structures"], scene))
+        outlets = _shimmer_sources(*fx["shimmer"], scene)
+        v3_meta["exhaust_outlets"] = len(outlets)
     horizon_rows = int(scene.sky.any(axis=1).sum())
+    if fx:
+        v3_meta["sky_fraction"] = float(scene.sky.mean())
     moving = _clouds(r_scene, canvas, frames, scene.sky) + _birds(r_scene, canvas, frames, horizon_rows)
     p = _sample_plume(r_plume, scene, canvas, (height, width))
+    snr_range = (4.0, 8.0)
+    if fx:
+        snr_range, plume_meta = _vary_plume(fx, p)
+        v3_meta.update(plume_meta)
     window = _emission_window(r_time, leak, frames)
     density = _scaled_density(_plume_density(r_plume, p, window, frames, canvas), window, p, visibility_threshold)
 
     noise_sigma = r_cam.uniform(0.004, 0.012)
-    dtemp, contrast_meta = _gas_contrast(r_cam, scene, noise_sigma, visibility_threshold)
+    dtemp, contrast_meta = _gas_contrast(r_cam, scene, noise_sigma, visibility_threshold, snr_range)
     camera = _Camera(r_cam, frames, height, width, noise_sigma)
     bg_scene = scene.image[None] + moving
+    if fx:
+        extra, moving_meta = _moving_distractors(fx, scene, canvas, frames)
+        bg_scene = _apply_shimmer(*fx["shimmer"], outlets, bg_scene + extra)
+        v3_meta.update(moving_meta)
+        v3_meta.update(_camera_v3(fx, camera, frames, noise_sigma))
+        v3_meta["strengths"] = {name: k for name, (_, k) in fx.items()}
     clean = camera(bg_scene)
     gassy = camera(bg_scene + dtemp * (1 - np.exp(-density)))
     temporal = r_cam.standard_normal(gassy.shape).astype(np.float32) * noise_sigma
@@ -540,7 +873,7 @@ def simulate_clip(
     density = camera.crop(density)  # the label moves with the shaken view, but is not blurred
     masks = density > visibility_threshold
     meta = {
-        "generator": "leakseg.training.synth", "version": GENERATOR_VERSION, "seed": int(seed),
+        "generator": "leakseg.training.synth", "version": version, "seed": int(seed),
         "frames": frames, "height": height, "width": width, "bit_depth": bit_depth, "leak": leak,
         "visibility_threshold": visibility_threshold,
         "emission": {"first_frame": window[0], "stop_frame": window[1]} if window else None,
@@ -549,6 +882,11 @@ def simulate_clip(
         "plume": {k: float(v) for k, v in p.items()},
         "camera": {"noise_sigma": float(noise_sigma), **contrast_meta, **camera.meta(), **out_map},
     }
+    if fx:
+        # brighter / darker than the background in the written frames: the gas contrast's sign times the
+        # output map's (black-hot palettes flip it)
+        meta["plume_polarity"] = "brighter" if contrast_meta["gas_contrast"] * out_map["gain"] > 0 else "darker"
+        meta["distractors"] = v3_meta
     return SynthClip(
         frames=np.clip(np.rint(out), 0, top).astype(dtype),
         masks=masks,
@@ -566,14 +904,15 @@ def _scaled_density(raw: np.ndarray, window, p: Dict[str, float], threshold: flo
     return raw * np.float32(p["strength"] * threshold / ref)
 
 
-def _gas_contrast(rng: np.random.Generator, scene: _Scene, noise_sigma: float, threshold: float):
+def _gas_contrast(rng: np.random.Generator, scene: _Scene, noise_sigma: float, threshold: float,
+                  snr_range: Tuple[float, float] = (4.0, 8.0)):
     """Signed gas-minus-background temperature per pixel (canvas), and its parameters.
 
     Nominally ``delta``, sized so that gas at the threshold changes the frame by ``edge_snr`` noise sigmas;
     it follows the local background with ``coupling`` (hot gas shows less against a hot pipe), but never
     falls below 0.6 of ``delta`` nor flips sign, so labelled gas always shows.
     """
-    edge_snr = rng.uniform(4.0, 8.0)
+    edge_snr = rng.uniform(*snr_range)
     sign = 1.0 if rng.random() < 0.5 else -1.0
     delta = sign * edge_snr * noise_sigma / (1 - math.exp(-threshold))
     coupling = rng.uniform(0.0, 0.6)
@@ -591,13 +930,15 @@ def generate_clip(
     leak: Union[str, bool] = "full",
     bit_depth: int = 8,
     visibility_threshold: float = VISIBILITY_THRESHOLD,
+    version: int = DEFAULT_LIBRARY_VERSION,
+    effects: Optional[Dict[str, float]] = None,
 ) -> Tuple[np.ndarray, np.ndarray, Dict]:
     """(frames T x H x W uint8/uint16, masks T x H x W bool, meta) for one clip.
 
     :func:`simulate_clip` takes the same arguments and also returns the gas density and the gas-free,
     noise-free background.
     """
-    clip = simulate_clip(seed, frames, height, width, leak, bit_depth, visibility_threshold)
+    clip = simulate_clip(seed, frames, height, width, leak, bit_depth, visibility_threshold, version, effects)
     return clip.frames, clip.masks, clip.meta
 
 
@@ -639,13 +980,23 @@ def write_dataset(
     frames: int = 24,
     height: int = 352,
     width: int = 352,
-    leak_free_fraction: float = 0.2,
-    partial_fraction: float = 0.2,
+    leak_free_fraction: Optional[float] = None,
+    partial_fraction: Optional[float] = None,
     bit_depth: int = 8,
     visibility_threshold: float = VISIBILITY_THRESHOLD,
     progress: bool = True,
+    version: int = DEFAULT_LIBRARY_VERSION,
+    effects: Optional[Dict[str, float]] = None,
 ) -> List[Path]:
-    """Write ``n_clips`` clips as OUT/synth_00000/... ; returns the scene folders."""
+    """Write ``n_clips`` clips as OUT/synth_00000/... ; returns the scene folders.
+
+    The shares of leak-free and partial clips default to the version's :data:`DEFAULT_FRACTIONS`.
+    """
+    if version not in GENERATOR_VERSIONS:
+        raise ValueError(f"version must be one of {GENERATOR_VERSIONS}, got {version!r}")
+    free_default, partial_default = DEFAULT_FRACTIONS[version]
+    leak_free_fraction = free_default if leak_free_fraction is None else leak_free_fraction
+    partial_fraction = partial_default if partial_fraction is None else partial_fraction
     plan = clip_plan(n_clips, seed, leak_free_fraction, partial_fraction)
     bar = None
     if progress:
@@ -657,7 +1008,8 @@ def write_dataset(
             pass
     scenes = []
     for i, (clip_seed, mode) in enumerate(plan):
-        f, m, meta = generate_clip(clip_seed, frames, height, width, mode, bit_depth, visibility_threshold)
+        f, m, meta = generate_clip(clip_seed, frames, height, width, mode, bit_depth, visibility_threshold,
+                                   version, effects)
         meta["dataset"] = {"seed": int(seed), "index": i}
         scenes.append(write_clip(Path(out_dir) / f"synth_{i:05d}", f, m, meta))
         if bar is not None:
