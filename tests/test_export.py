@@ -73,9 +73,9 @@ def test_large_logits_are_judged_relative_to_their_scale(authors_checkpoint, tmp
     from leakseg.model.checkpoint import read_torch_checkpoint
 
     sd = read_torch_checkpoint(authors_checkpoint)
-    for i in (0, 1, 2):  # logits x 1e4: the fusion head is linear
-        sd[f"fusion_conv.{i}.weight"] = sd[f"fusion_conv.{i}.weight"] * (10.0 if i < 2 else 100.0)
-        sd[f"fusion_conv.{i}.bias"] = sd[f"fusion_conv.{i}.bias"] * (10.0 ** (i + 1) if i < 2 else 1e4)
+    for i in (0, 1, 2):  # logits x 1e5: the fusion head is linear
+        sd[f"fusion_conv.{i}.weight"] = sd[f"fusion_conv.{i}.weight"] * (10.0 if i < 2 else 1000.0)
+        sd[f"fusion_conv.{i}.bias"] = sd[f"fusion_conv.{i}.bias"] * (10.0 ** (i + 1) if i < 2 else 1e5)
     big = tmp_path / "big_logits.pth"
     torch.save(sd, big)
     assert main(["export", "--checkpoint", str(big), "--format", "onnx", "--name", "big",
