@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import signal
 import site
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -29,24 +28,13 @@ from typing import Dict, List, Optional
 
 import pytest
 import requests
+from loopback import free_ports
 
 REPO = Path(__file__).resolve().parents[1]
 OVERLAY = REPO / ".leakseg" / "kserve-venv"
 #: What the overlay installs: the kserve extra's requirement (pyproject.toml).
 KSERVE_REQUIREMENT = "kserve>=0.20,<0.22"
 
-
-def free_ports(count: int) -> List[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def _has_kserve(python: str) -> bool:

@@ -17,15 +17,14 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import pytest
+from loopback import free_ports, pipe
 
 HERE = Path(__file__).parent
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def wait_port(port: int, timeout: float = 20.0) -> None:
@@ -216,21 +215,4 @@ class Forwarder:
                 return
             upstream = socket.create_connection(("127.0.0.1", self.upstream))
             for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+                threading.Thread(target=pipe, args=(a, b), daemon=True).start()

@@ -27,6 +27,7 @@ import requests
 from PIL import Image
 
 from _blockers import NOT_IN_THIN_CLIENT, run_python
+from loopback import pipe
 from leakseg.client import (
     AuthError,
     ClipOptions,
@@ -324,23 +325,6 @@ def retry_log():
 
 def _relay(listener: socket.socket, target: tuple, stop: threading.Event, accepted: List[int]) -> None:
     """Accept connections on ``listener`` and pipe each to ``target`` (a plain TCP relay)."""
-
-    def pipe(src, dst):
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
     listener.settimeout(0.2)
     while not stop.is_set():
         try:

@@ -18,7 +18,6 @@ effective config.properties) and log folder. The handler logs one line per batch
 
 from __future__ import annotations
 
-import socket
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Dict
 import pytest
 
 from leakseg.serving import server as serve
+from loopback import free_ports
 
 BATCH_SIZE = 4
 MAX_BATCH_DELAY_MS = 200
@@ -83,19 +83,6 @@ class ServedModel:
         """The effective config.properties TorchServe runs with."""
         return self.server.run_dir / "config.properties"
 
-
-def free_ports(count: int) -> list:
-    """Ports free on 127.0.0.1 right now (all held open together, so they are distinct)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def with_model_config(archive: Path, target_dir: Path, **settings) -> Path:
