@@ -173,14 +173,7 @@ class Predictor:
         if not clips:
             return []
         t0 = time.perf_counter()
-        frames = np.concatenate([c.tensor for c in clips])
-        neighbours = np.asarray(batch_neighbours([c.num_frames for c in clips]), dtype=np.int64)
-        text = None  # a model without text (FGSTP) has no text input
-        if self.bank.takes_prompts:
-            text = np.ascontiguousarray(np.concatenate(
-                [np.broadcast_to(c.settings.text, (c.num_frames, *c.settings.text.shape)) for c in clips]),
-                dtype=np.float32)
-        logits = self.graph(frames, text, neighbours)
+        logits = self._forward(clips)
         model_ms = (time.perf_counter() - t0) * 1000.0 / len(clips)  # the shared forward, split evenly
         results, start = [], 0
         for c in clips:
@@ -197,6 +190,22 @@ class Predictor:
     def predict(self, frames: Sequence[np.ndarray], prompts=None, options=None,
                 names: Optional[Sequence[str]] = None) -> ClipResult:
         return self.run([self.prepare(frames, self.settings(prompts, options), names)])[0]
+
+    def logits(self, frames: Sequence[np.ndarray], prompts=None):
+        """The graph's raw (T, 1, S, S) float logits of one clip, before any post-processing: what
+        ``leakseg evaluate --sweep`` thresholds many ways (``postprocess`` of them is ``predict``'s masks)."""
+        return self._forward([self.prepare(frames, self.settings(prompts))])
+
+    def _forward(self, clips: Sequence[PreparedClip]):
+        """The frames of all clips through one graph call: (sum T, 1, S, S) logits."""
+        frames = np.concatenate([c.tensor for c in clips])
+        neighbours = np.asarray(batch_neighbours([c.num_frames for c in clips]), dtype=np.int64)
+        text = None  # a model without text (FGSTP) has no text input
+        if self.bank.takes_prompts:
+            text = np.ascontiguousarray(np.concatenate(
+                [np.broadcast_to(c.settings.text, (c.num_frames, *c.settings.text.shape)) for c in clips]),
+                dtype=np.float32)
+        return self.graph(frames, text, neighbours)
 
     # --- results ---------------------------------------------------------------------------
     def _result(self, clip: PreparedClip, facts: FrameFacts) -> ClipResult:

@@ -29,7 +29,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional
 
 import numpy as np
 
-from leakseg.monitor.alarm import STATE_CODES, AlarmLogic, Event, State
+from leakseg.monitor.alarm import STATE_CODES, Alarm, AlarmLogic, Event, State
 from leakseg.monitor.config import CameraConfig, MonitorConfig
 from leakseg.monitor.measure import load_ignore_mask, observations
 from leakseg.monitor.sources import SourceCallbacks, make_source
@@ -481,19 +481,21 @@ class Monitor:
         except ValueError as exc:  # e.g. the ignore mask does not fit the frames
             self.emit(camera.logic.camera_failed(str(exc)))
             return
-        evidence_needed = None
+        evidence: Dict[str, Alarm] = {}  # LEAK alarms raised or grown in this window, by id
+        cleared: Dict[str, Alarm] = {}
         for o in obs:
             events = camera.logic.observe(o)
             for e in events:
-                if e.alarm is not None and e.alarm.kind == State.LEAK and e.type in ("alarm_raised", "alarm_updated"):
-                    evidence_needed = e.alarm
+                if e.alarm is None or e.alarm.kind != State.LEAK:
+                    continue
+                if e.type in ("alarm_raised", "alarm_updated"):
                     e.alarm.evidence = str(self.evidence_folder(e.alarm.id))
                     live = camera.logic.recent.get(e.alarm.id)  # the event holds a snapshot
                     if live is not None:
                         live.evidence = e.alarm.evidence
-                elif e.alarm is not None and e.alarm.kind == State.LEAK and e.type == "alarm_cleared":
-                    self.loop.run_in_executor(self.pool, write_alarm_json, self.evidence_folder(e.alarm.id),
-                                              e.alarm.to_dict())
+                    evidence[e.alarm.id] = e.alarm
+                elif e.type == "alarm_cleared":
+                    cleared[e.alarm.id] = e.alarm
             self.emit(events)
         if obs:
             peak = max(obs, key=lambda o: o.area_pixels)
@@ -504,11 +506,15 @@ class Monitor:
                 "centroid_y": peak.centroid[1] if peak.centroid else None,
                 "bbox": list(peak.bbox) if peak.bbox else None,
             }
-        if evidence_needed is not None:
-            folder = self.evidence_folder(evidence_needed.id)
-            await self.loop.run_in_executor(self.pool, write_evidence, folder, window, result,
-                                            (camera.logic.recent.get(evidence_needed.id) or evidence_needed).to_dict(),
-                                            self.config.evidence_keep)
+        # One write after another, the latest state of each alarm last: alarm.json of an alarm cleared in
+        # this window says so even when the same window also grew it.
+        for alarm_id, alarm in evidence.items():
+            latest = cleared.pop(alarm_id, None) or camera.logic.recent.get(alarm_id) or alarm
+            await self.loop.run_in_executor(self.pool, write_evidence, self.evidence_folder(alarm_id), window, result,
+                                            latest.to_dict(), self.config.evidence_keep)
+        for alarm_id, alarm in cleared.items():
+            await self.loop.run_in_executor(self.pool, write_alarm_json, self.evidence_folder(alarm_id),
+                                            alarm.to_dict())
         self.publish_state(camera.name)
 
     def evidence_folder(self, alarm_id: str) -> Path:

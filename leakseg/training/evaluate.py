@@ -8,15 +8,13 @@ detection precision / recall. 16-bit frames are stretched to 8 bits as the servi
 
 :func:`sweep_predictor` scores many post-processings at once (thresholds x normalisations) to draw the
 false-alarm / J&F curve and pick an operating point under a false-alarm budget. The network runs once per
-clip (a normal ``predict`` asking for ``return_probabilities`` at the network's input size, so no
-resampling). Every setting is then scored from those probabilities without re-running anything per
-threshold: the serving post-processing (:func:`leakseg.inference.postprocess.postprocess`: resize, sigmoid,
+clip (:meth:`Predictor.logits`: the same checks, preprocessing and graph as ``predict``, stopping at the
+float logits). Every setting is then scored from those logits without re-running anything per threshold: the serving post-processing (:func:`leakseg.inference.postprocess.postprocess`: resize, sigmoid,
 normalisation, threshold, elliptical opening) is a threshold of a score map followed by a flat opening, and
 a flat opening commutes with thresholding, so ``open(score > t) == grey_open(score) > t`` exactly (same
 ellipse, same borders): one grey-level opening per clip and normalisation serves every threshold (a test
-checks the masks against ``postprocess`` pixel for pixel). The probabilities come back
-as 8-bit values (the wire format), so a threshold within 1/510 of a pixel's probability can decide
-differently than a request at that threshold would; the tests bound this.
+checks the masks against ``postprocess`` pixel for pixel). So each point of a sweep equals
+:func:`evaluate_predictor` at that threshold and normalisation.
 """
 
 from __future__ import annotations
@@ -108,18 +106,6 @@ class SweepReport:
                 "opening_kernel": self.opening_kernel}
 
 
-def _logits_from_probability(result, size: int):
-    """(T, 1, S, S) logits recovered from a result's 8-bit probability maps (clamped off 0 and 1)."""
-    import base64
-
-    import torch
-
-    maps = np.stack([np.frombuffer(base64.b64decode(f.probability.data), np.uint8).reshape(size, size)
-                     for f in result.frames]).astype(np.float32)
-    p = np.clip(maps / 255.0, 0.5 / 255, 1 - 0.5 / 255)
-    return torch.from_numpy(np.log(p / (1 - p)))[:, None]
-
-
 def _opened_scores(logits, height: int, width: int, normalization: str, kernel_size: int) -> np.ndarray:
     """Grey-level opening of the score map ``postprocess`` thresholds: for every t,
     ``_opened_scores(...) > t`` equals ``postprocess(logits, h, w, threshold=t, ...).masks``.
@@ -169,8 +155,6 @@ def sweep_predictor(predictor, data: Union[str, Path], thresholds: Sequence[floa
         raise ValueError(f"thresholds must lie in (0, 1) and normalizations be absolute or minmax: {bad}")
     grid = [(n, float(t)) for n in normalizations for t in sorted(set(thresholds))]
     metrics = {key: SegmentationMetrics() for key in grid}
-    size = predictor.input_size
-    request = {"return_probabilities": True, "probability_size": size, "return_masks": False}
     bar = None
     if progress:
         from tqdm import tqdm
@@ -181,8 +165,7 @@ def sweep_predictor(predictor, data: Union[str, Path], thresholds: Sequence[floa
         if masks is None:
             log.warning("skipping %s: no masks folder", scene.name)
         else:
-            result = predictor.predict(list(frames), prompts=prompts, options=request)
-            logits = _logits_from_probability(result, size)
+            logits = predictor.logits(list(frames), prompts=prompts).cpu()
             h, w = masks.shape[1:]
             for norm in normalizations:
                 opened = _opened_scores(logits, h, w, norm, kernel)
