@@ -182,7 +182,9 @@ def main() -> int:
                         help="the .mar to serve (default model_store/jvlgs.mar, as `make demo` exports it)")
     parser.add_argument("--minutes", type=float, default=30.0, help="how long to soak (default 30)")
     parser.add_argument("--warmup-minutes", type=float, default=None,
-                        help="RSS baseline taken after this long (default: 10%% of --minutes, at least 0.5)")
+                        help="RSS baseline taken after this long (default: a third of --minutes, at least "
+                             "0.5): the JVM's JIT-compiled code and Netty's buffer pools grow for the first "
+                             "minutes of traffic, then stay flat")
     parser.add_argument("--concurrency", type=int, default=4, help="clients sending at once (default 4)")
     parser.add_argument("--bad-share", type=float, default=0.3, help="share of malformed requests (default 0.3)")
     parser.add_argument("--clips", type=int, default=6, help="distinct good clips (default 6)")
@@ -190,7 +192,7 @@ def main() -> int:
     args = parser.parse_args()
     if not args.archive.is_file():
         parser.error(f"{args.archive} not found: export one first (leakseg export ...), or pass --archive")
-    warmup = args.warmup_minutes if args.warmup_minutes is not None else max(0.5, args.minutes / 10)
+    warmup = args.warmup_minutes if args.warmup_minutes is not None else max(0.5, args.minutes / 3)
 
     print(f"computing the reference answers of {args.clips} clips in process ...", flush=True)
     predictor = Predictor.from_archive(args.archive)

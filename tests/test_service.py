@@ -329,6 +329,34 @@ def test_every_port_listens_on_loopback_only(served):
                 socket.create_connection((address, _port(url)), timeout=5).close()
 
 
+def _bytes(java_size: str) -> int:
+    """A JVM size ("4g", "512m", "1024") in bytes."""
+    unit = java_size[-1].lower()
+    if unit.isdigit():
+        return int(java_size)
+    return int(java_size[:-1]) * 1024 ** ("kmg".index(unit) + 1)
+
+
+def test_the_frontend_heap_is_bounded_and_holds_a_batch_of_the_largest_requests(served, tmp_path):
+    """The JVM runs with the configured ceilings (not a quarter of whatever RAM the host has), and they
+    hold 4 bodies of max_request_size, the largest batch the archive's model-config.yaml allows."""
+    config = serve.read_properties(served.config_file)
+    repo = serve.read_properties(serve.REPO_CONFIG)
+    assert config["vmargs"] == repo["vmargs"] == serve.FRONTEND_VMARGS
+    (java,) = served.server.processes()["frontend"]
+    args = java.cmdline()
+    limits = {}
+    for flag in ("-Xmx", "-XX:MaxDirectMemorySize="):
+        values = [a[len(flag):] for a in args if a.startswith(flag)]
+        assert len(values) == 1, (flag, args)
+        limits[flag] = _bytes(values[0])
+    largest_batch = 4 * int(config["max_request_size"])
+    assert all(largest_batch <= v <= 2 * largest_batch for v in limits.values()), limits
+    # a config of the user's without vmargs gets the same bound
+    (tmp_path / "config.properties").write_text("inference_address=http://127.0.0.1:8080\n")
+    assert serve.effective_properties(tmp_path / "config.properties", tmp_path)["vmargs"] == serve.FRONTEND_VMARGS
+
+
 def _metric(text, name, **labels):
     """Sum of the samples of ``name`` whose labels include ``labels``."""
     total, found = 0.0, False

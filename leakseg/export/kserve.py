@@ -39,6 +39,8 @@ import zipfile
 from pathlib import Path
 from typing import Dict, Optional, Union
 
+from leakseg.serving.server import FRONTEND_VMARGS
+
 #: Where KServe's storage initializer puts storageUri, and the paths its runtime passes.
 MOUNT = "/mnt/models"
 CONFIG_REL = "config/config.properties"
@@ -88,6 +90,8 @@ def config_properties(name: str, version: str, mar_name: str, *, workers: int = 
         "load_models=all",
         f"model_snapshot={json.dumps(snapshot, separators=(',', ':'))}",
         f"max_request_size={max_request_size}",
+        "# The frontend's memory, bounded: room for 4 of the largest requests at once (see leakseg serve's config).",
+        f"vmargs={FRONTEND_VMARGS}",
         "max_response_size=268435456",
         f"job_queue_size={job_queue_size}",
         "metrics_mode=prometheus",

@@ -202,7 +202,6 @@ def min_input_size() -> int:
 def serving_postprocess(cfg: TrainConfig) -> Dict[str, Any]:
     """The post-processing the trained checkpoint will recommend: cfg's fields over a native init's."""
     from leakseg.model.checkpoint import native_postprocess_defaults
-    from leakseg.schema import ClipOptions
 
     merged = {**(native_postprocess_defaults(cfg.init) if cfg.init else {}), **cfg.postprocess}
     ClipOptions(**merged)  # a bad value fails here, before any work
@@ -211,7 +210,6 @@ def serving_postprocess(cfg: TrainConfig) -> Dict[str, Any]:
 
 def train(cfg: TrainConfig) -> TrainResult:
     from leakseg.model.checkpoint import save_native
-    from leakseg.schema import ClipOptions
 
     if cfg.sampler not in ("triplet", "clip"):
         raise ValueError(f"sampler must be 'triplet' or 'clip', not {cfg.sampler!r}")
