@@ -9,7 +9,8 @@ detection precision / recall. 16-bit frames are stretched to 8 bits as the servi
 :func:`sweep_predictor` scores many post-processings at once (thresholds x normalisations) to draw the
 false-alarm / J&F curve and pick an operating point under a false-alarm budget. The network runs once per
 clip (:meth:`Predictor.logits`: the same checks, preprocessing and graph as ``predict``, stopping at the
-float logits). Every setting is then scored from those logits without re-running anything per threshold: the serving post-processing (:func:`leakseg.inference.postprocess.postprocess`: resize, sigmoid,
+float logits). Every setting is then scored from those logits without re-running anything per threshold:
+the serving post-processing (:func:`leakseg.inference.postprocess.postprocess`: resize, sigmoid,
 normalisation, threshold, elliptical opening) is a threshold of a score map followed by a flat opening, and
 a flat opening commutes with thresholding, so ``open(score > t) == grey_open(score) > t`` exactly (same
 ellipse, same borders): one grey-level opening per clip and normalisation serves every threshold (a test
@@ -40,33 +41,41 @@ class EvaluationReport:
         return format_table(self.summary, self.per_video if per_video else None)
 
 
-def evaluate_predictor(predictor, data: Union[str, Path], options: Optional[dict] = None,
-                       prompts=None, progress: bool = False) -> EvaluationReport:
+def _labelled_scenes(data: Union[str, Path], desc: str, progress: bool):
+    """(name, frames, masks) of every scene under ``data`` that has masks, with a progress bar."""
     from leakseg.training.dataset import list_scenes, load_scene
-    from leakseg.training.metrics import SegmentationMetrics
 
     scenes = list_scenes(data)
     if not scenes:
         raise FileNotFoundError(f"no scenes (SCENE/images/*) under {data}")
-    options = dict(options or {})
-    options["return_masks"] = True
-    metrics = SegmentationMetrics()
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(scenes), unit="clip", desc="evaluate")
-    for scene in scenes:
-        frames, masks = load_scene(scene)
-        if masks is None:
-            log.warning("skipping %s: no masks folder", scene.name)
-        else:
-            result = predictor.predict(list(frames), prompts=prompts, options=options)
-            metrics.update(scene.name, result.masks(), masks)
+        bar = tqdm(total=len(scenes), unit="clip", desc=desc)
+    try:
+        for scene in scenes:
+            frames, masks = load_scene(scene)
+            if masks is None:
+                log.warning("skipping %s: no masks folder", scene.name)
+            else:
+                yield scene.name, frames, masks
+            if bar is not None:
+                bar.update(1)
+    finally:
         if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+            bar.close()
+
+
+def evaluate_predictor(predictor, data: Union[str, Path], options: Optional[dict] = None,
+                       prompts=None, progress: bool = False) -> EvaluationReport:
+    from leakseg.training.metrics import SegmentationMetrics
+
+    options = {**(options or {}), "return_masks": True}
+    metrics = SegmentationMetrics()
+    for name, frames, masks in _labelled_scenes(data, "evaluate", progress):
+        result = predictor.predict(list(frames), prompts=prompts, options=options)
+        metrics.update(name, result.masks(), masks)
     return EvaluationReport(metrics.summary(), metrics.per_video())
 
 
@@ -141,41 +150,24 @@ def sweep_predictor(predictor, data: Union[str, Path], thresholds: Sequence[floa
                     opening_kernel: Optional[int] = None, prompts=None, progress: bool = False) -> SweepReport:
     """Score every (normalization, threshold) on the labelled scenes under ``data`` from one network
     run per clip; choose the operating point meeting the false-alarm ``budget`` (a fraction)."""
-    from leakseg.training.dataset import list_scenes, load_scene
     from leakseg.training.metrics import SegmentationMetrics, operating_point
 
     if not 0 <= budget <= 1:
         raise ValueError(f"the false-alarm budget is a fraction in [0, 1], got {budget}")
-    scenes = list_scenes(data)
-    if not scenes:
-        raise FileNotFoundError(f"no scenes (SCENE/images/*) under {data}")
     kernel = predictor.defaults.opening_kernel if opening_kernel is None else opening_kernel
     bad = [t for t in thresholds if not 0 < t < 1] + [n for n in normalizations if n not in SWEEP_NORMALIZATIONS]
     if bad:
         raise ValueError(f"thresholds must lie in (0, 1) and normalizations be absolute or minmax: {bad}")
-    grid = [(n, float(t)) for n in normalizations for t in sorted(set(thresholds))]
+    levels = [float(t) for t in sorted(set(thresholds))]
+    grid = [(n, t) for n in normalizations for t in levels]
     metrics = {key: SegmentationMetrics() for key in grid}
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(scenes), unit="clip", desc="sweep")
-    for scene in scenes:
-        frames, masks = load_scene(scene)
-        if masks is None:
-            log.warning("skipping %s: no masks folder", scene.name)
-        else:
-            logits = predictor.logits(list(frames), prompts=prompts).cpu()
-            h, w = masks.shape[1:]
-            for norm in normalizations:
-                opened = _opened_scores(logits, h, w, norm, kernel)
-                for n, t in grid:
-                    if n == norm:
-                        metrics[(n, t)].update(scene.name, opened > t, masks)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+    for name, frames, masks in _labelled_scenes(data, "sweep", progress):
+        logits = predictor.logits(list(frames), prompts=prompts).cpu()
+        h, w = masks.shape[1:]
+        for norm in normalizations:
+            opened = _opened_scores(logits, h, w, norm, kernel)
+            for t in levels:
+                metrics[(norm, t)].update(name, opened > t, masks)
     points = [{"normalization": n, "threshold": t, **metrics[(n, t)].summary()} for n, t in grid]
     return SweepReport(points, operating_point(points, budget), budget, kernel)
 
