@@ -20,11 +20,14 @@ SMALL_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, nu
 
 def small_model(backbone: str = "pvt_v2_b0", seed: int = 0):
     """A JVLGS with a small text width, randomised (BN statistics too) so outputs are not trivial."""
+    import torch
     from authors_format import randomise_
 
     from leakseg.model import TextModelConfig, build_model
 
-    model = build_model(backbone, text_dim=SMALL_TEXT["hidden_size"], text_model=TextModelConfig(**SMALL_TEXT))
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)  # the weights' own init too: the same model whatever ran before
+        model = build_model(backbone, text_dim=SMALL_TEXT["hidden_size"], text_model=TextModelConfig(**SMALL_TEXT))
     return randomise_(model, seed)
 
 
@@ -37,7 +40,9 @@ def authors_checkpoint(tmp_path_factory) -> Path:
     from leakseg.model.text import build_text_model
 
     model = small_model()
-    text_model = randomise_(build_text_model(model.config.text_model), seed=1)
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        text_model = randomise_(build_text_model(model.config.text_model), seed=1)
     path = tmp_path_factory.mktemp("ckpt") / "tiny_authors.pth"
     torch.save(to_authors_state_dict(model, text_model, prefix="module."), path)
     return path
