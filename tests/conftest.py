@@ -70,6 +70,19 @@ def torchscript_archive(authors_checkpoint, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def default_archive(tmp_path_factory) -> Path:
+    """The bundled default model (model_store/jvlgs-default) exported exactly as `make demo` exports it: ONNX,
+    the checkpoint's own post-processing defaults. Exported once per session."""
+    from leakseg.export.exporter import ExportOptions, export_archive
+
+    checkpoint = Path(__file__).resolve().parents[1] / "model_store" / "jvlgs-default"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return export_archive(ExportOptions(checkpoint=checkpoint, name="jvlgs",
+                                            output_dir=tmp_path_factory.mktemp("default_store")))
+
+
+@pytest.fixture(scope="session")
 def predictor(onnx_archive):
     """In-process reference results for tiny.mar."""
     from leakseg.inference.predictor import Predictor

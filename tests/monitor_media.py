@@ -3,12 +3,14 @@
 The scene is a leak-free clip of leakseg's own synthetic generator; a *plume* is a cool, absorbing gas
 cloud (darker than the scene, as gas looks in absorption-band IR cameras): a textured Gaussian blob
 that drifts a little. (The tests do not rely on a model recognising it: see test_monitor_e2e.py.)
+``leak_and_twin`` is the generator's own plume, for the tests with the default model
+(test_monitor_default_model.py).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -38,6 +40,19 @@ def sequence(n: int, plume_frames: Sequence[int] = (), centre: Tuple[int, int] =
             blob = np.exp(-(((xx - cx - 3 * np.sin(i)) / 40.0) ** 2 + ((yy - cy) / 30.0) ** 2))
             out[i] += PLUME_AMPLITUDE * blob * (0.8 + 0.2 * rng.random((H, W)))
     return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def leak_and_twin(seed: int, n: int = 40) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Dict]:
+    """A calm generator-v3 scene (every distractor off) in which a real plume leaks, then stops and clears
+    (leak mode "burst"), its leak-free twin (the same scene, camera and noise, no gas) and the gas labels:
+    (leak frames, twin frames, masks, meta)."""
+    from leakseg.training.synth import CALM_EFFECTS, generate_clip
+
+    calm = dict(frames=n, height=H, width=W, version=3, effects=CALM_EFFECTS)
+    frames, masks, meta = generate_clip(seed, leak="burst", **calm)
+    twin, none, _ = generate_clip(seed, leak="none", **calm)
+    assert masks.any() and not none.any()
+    return frames, twin, masks, meta
 
 
 def write_video(path: Path, frames: np.ndarray, fps: int = 10) -> Path:

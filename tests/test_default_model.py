@@ -7,7 +7,6 @@ import json
 import socket
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -24,16 +23,11 @@ CLIP = dict(frames=8, height=240, width=320)
 
 
 @pytest.fixture(scope="module")
-def default_predictor(tmp_path_factory):
-    """The archive `make demo` builds, exported exactly as the Makefile does (ONNX, the checkpoint's defaults)."""
-    from leakseg.export.exporter import ExportOptions, export_archive
+def default_predictor(default_archive):
+    """The archive `make demo` builds (tests/conftest.py: default_archive), in process."""
     from leakseg.inference.predictor import Predictor
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        mar = export_archive(ExportOptions(checkpoint=DEFAULT_MODEL, name="jvlgs",
-                                           output_dir=tmp_path_factory.mktemp("default_store")))
-    return Predictor.from_archive(mar, device="cpu")
+    return Predictor.from_archive(default_archive, device="cpu")
 
 
 def test_the_default_model_defaults_to_its_calibrated_operating_point(default_predictor):

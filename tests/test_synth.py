@@ -94,6 +94,23 @@ def test_leak_that_stops_mid_clip_ends_leak_free():
     assert not gas[-1] and leak_frames == list(range(len(leak_frames)))  # the cloud clears and stays clear
 
 
+@pytest.mark.parametrize("version", [2, 3])
+def test_a_burst_leaks_stops_and_clears_within_the_clip(version):
+    """Leak mode "burst" (the monitor's tests and demo): no gas, then gas, then none again, for good."""
+    clip = simulate_clip(5, leak="burst", frames=40, height=96, width=128, version=version)
+    first, stop = clip.meta["emission"]["first_frame"], clip.meta["emission"]["stop_frame"]
+    assert 0 < first < stop < 40
+    gas = clip.masks.any(axis=(1, 2))
+    runs = np.flatnonzero(gas)
+    assert not gas[:first].any() and not clip.density[:first].any()
+    assert runs[0] >= first and runs.tolist() == list(range(runs[0], runs[-1] + 1))  # one unbroken stretch
+    assert runs[-1] < 39 and not clip.density[runs[-1] + 2:].max() > VISIBILITY_THRESHOLD
+    # the scene, camera and noise are the leak-free clip's
+    none = simulate_clip(5, leak="none", frames=40, height=96, width=128, version=version)
+    assert np.array_equal(none.background, clip.background)
+    assert np.array_equal(none.frames[:first], clip.frames[:first])
+
+
 def test_16_bit_output():
     clip = simulate_clip(4, bit_depth=16, **SMALL)
     assert clip.frames.dtype == np.uint16

@@ -86,7 +86,9 @@ import numpy as np
 
 #: Default optical depth above which gas counts as visible (opacity 1 - e^-0.1 ~ 9.5 %).
 VISIBILITY_THRESHOLD = 0.1
-LEAK_MODES = ("full", "none", "start", "stop")
+#: "burst" (a leak that starts and then stops within the clip, its gas drifting off and clearing) is
+#: never drawn for datasets: it is for sequences that watch a whole leak come and go (the monitor's tests).
+LEAK_MODES = ("full", "none", "start", "stop", "burst")
 #: The newest generator version (what `leakseg synth` writes by default).
 GENERATOR_VERSION = 3
 GENERATOR_VERSIONS = (2, 3)
@@ -95,6 +97,8 @@ DEFAULT_LIBRARY_VERSION = 2
 #: Version-3 effects, each a strength in ``simulate_clip(effects={...})``: 0 off, 1 the default mix.
 V3_EFFECTS = ("structures", "shimmer", "clouds", "birds", "insects", "reflections",
               "fixed_pattern", "drift", "shake", "distance", "thin_faint")
+#: Version 3 with every distractor off: a calm scene, its plume the only thing that moves (demos, monitor tests).
+CALM_EFFECTS = {name: 0.0 for name in V3_EFFECTS}
 #: Share of leak-free and of partial (start/stop mid-clip) clips in a dataset, per version.
 DEFAULT_FRACTIONS = {2: (0.2, 0.2), 3: (1 / 3, 1 / 3)}
 
@@ -373,6 +377,10 @@ def _emission_window(rng: np.random.Generator, leak: str, frames: int) -> Tuple[
     """(first, stop) frame of emission, None meaning "before the clip" / "after it". None for a leak-free clip."""
     start = int(rng.integers(frames // 4, max(3 * frames // 4, frames // 4 + 1)))
     stop = int(rng.integers(max(frames // 5, 1), max(frames // 2, frames // 5 + 2)))
+    if leak == "burst":  # drawn only here, so the other modes' streams stay what they were
+        start = int(rng.integers(frames // 6, max(frames // 4, frames // 6 + 1) + 1))
+        stop = int(rng.integers(max(frames // 3, start + 1), max(frames // 2, start + 2)))
+        return start, stop
     return {"full": (None, None), "none": None, "start": (start, None), "stop": (None, stop)}[leak]
 
 
@@ -813,7 +821,7 @@ def simulate_clip(
     version: int = DEFAULT_LIBRARY_VERSION,
     effects: Optional[Dict[str, float]] = None,
 ) -> SynthClip:
-    """Render one clip with all its layers. ``leak``: "full", "none", "start", "stop" (or True / False).
+    """Render one clip with all its layers. ``leak``: one of :data:`LEAK_MODES` (or True / False).
 
     ``version`` 2 renders exactly what generator version 2 rendered; 3 adds the distractors of
     :data:`V3_EFFECTS`, whose strengths ``effects`` sets (name -> factor, 0 = off; version 3 only).
