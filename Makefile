@@ -36,10 +36,11 @@ test-fast: setup
 # Serve the bundled default model and segment a sample clip (see README.md).
 demo: setup
 	$(BIN)/leakseg export --checkpoint model_store/jvlgs-default --name jvlgs --output-dir model_store
-	$(BIN)/leakseg synth $(DEMO)/clips --clips 1 --frames 8 --size 240 320 --seed 20261122
+	$(BIN)/leakseg synth $(DEMO)/clips --clips 1 --frames 8 --size 240 320 --seed 20261122 --calm \
+		--leak-free-fraction 0 --partial-fraction 0
 	$(BIN)/leakseg serve --model-store model_store --models jvlgs=jvlgs.mar
 	$(BIN)/leakseg segment --url http://127.0.0.1:8080 --key-file .leakseg/serve/key_file.json --model jvlgs $(DEMO)/clips/*/images/*.png \
-		--out $(DEMO)/result.json --overlay $(DEMO)/overlay.gif; \
+		--normalization absolute --threshold 0.9 --out $(DEMO)/result.json --overlay $(DEMO)/overlay.gif; \
 		status=$$?; $(BIN)/leakseg serve --stop; exit $$status
 
 # `leakseg monitor` on a synthetic leak video: the alarm arriving over MQTT and OPC UA (docs/SCADA.md).

@@ -80,6 +80,8 @@ def test_the_readme_first_command_works_from_a_fresh_clone(tmp_path):
     result = ClipResult.model_validate(json.loads((demo / "result.json").read_text()))
     frames, _ = load_scene(next((demo / "clips").iterdir()))
     assert result.masks().shape == frames.shape and result.clip.frames == len(frames)
+    # the calm sample clip at the README's options: the plume is marked (measured: in 8 of 8 frames)
+    assert len(result.clip.leak_frames) >= 6, result.clip.leak_frames
     assert (demo / "overlay.gif").stat().st_size > 0
     assert not _port_busy(8080), "the demo left TorchServe running"
 

@@ -404,3 +404,17 @@ def test_command_versions_and_effects(tmp_path, capsys):
             parser.parse_args(["x", *bad])
     with pytest.raises(SystemExit):
         synth_command.run(parser.parse_args([str(tmp_path / "bad"), "--version", "2", "--effect", "birds=0"]))
+    with pytest.raises(SystemExit):
+        synth_command.run(parser.parse_args([str(tmp_path / "bad"), "--version", "2", "--calm"]))
+
+
+def test_command_calm_turns_every_distractor_off_unless_an_effect_turns_one_back_on(tmp_path):
+    parser = argparse.ArgumentParser()
+    synth_command.add_arguments(parser)
+    base = ["--clips", "2", "--frames", "3", "--size", "48", "64", "--seed", "4", "--no-progress"]
+    assert synth_command.run(parser.parse_args([str(tmp_path / "calm"), "--calm", *base])) == 0
+    assert synth_command.run(parser.parse_args([str(tmp_path / "birds"), "--calm", "--effect", "birds=1", *base])) == 0
+    for folder, birds in (("calm", 0), ("birds", 1)):
+        for scene in list_scenes(tmp_path / folder):
+            strengths = json.loads((scene / "meta.json").read_text())["distractors"]["strengths"]
+            assert strengths == {**{name: 0 for name in V3_EFFECTS}, "birds": birds}

@@ -18,7 +18,8 @@ docs/DEFAULT_MODEL.md; --effect NAME=STRENGTH scales one (0 turns it off).
 Example:
   leakseg synth data/synth --clips 200 --frames 24 --size 352 352 --seed 0
   leakseg synth data/v2 --version 2 --clips 160 --frames 10 --seed 0      # a version-2 dataset
-  leakseg synth data/calm --effect insects=0 --effect shake=0.5           # v3 with fewer distractors
+  leakseg synth data/quieter --effect insects=0 --effect shake=0.5        # v3 with fewer distractors
+  leakseg synth data/calm --calm                                          # v3, no distractors at all
 """
 
 import argparse
@@ -61,6 +62,9 @@ def add_arguments(parser):
                         help="version 3: scale one effect (0 = off, 1 = default), repeatable; NAME is one of "
                              "structures, shimmer, clouds, birds, insects, reflections, fixed_pattern, drift, "
                              "shake, distance, thin_faint")
+    parser.add_argument("--calm", action="store_true",
+                        help="version 3 with every distractor off (each --effect NAME=0), the plume the only thing "
+                             "that moves; an --effect given too turns that one back on")
     parser.add_argument("--leak-free-fraction", type=_fraction, default=None, metavar="F",
                         help="share of clips with no leak at all, all masks empty: the hard negatives "
                              "(default: 1/3 for version 3, 0.2 for version 2)")
@@ -77,13 +81,14 @@ def add_arguments(parser):
 
 
 def run(args):
-    from leakseg.training.synth import DEFAULT_FRACTIONS, VISIBILITY_THRESHOLD, write_dataset
+    from leakseg.training.synth import CALM_EFFECTS, DEFAULT_FRACTIONS, VISIBILITY_THRESHOLD, write_dataset
 
     free, partial = DEFAULT_FRACTIONS[args.version]
     free = free if args.leak_free_fraction is None else args.leak_free_fraction
     partial = partial if args.partial_fraction is None else args.partial_fraction
-    if args.effect and args.version < 3:
-        raise SystemExit("leakseg synth: --effect needs --version 3")
+    if (args.effect or args.calm) and args.version < 3:
+        raise SystemExit("leakseg synth: --effect and --calm need --version 3")
+    effects = {**(CALM_EFFECTS if args.calm else {}), **dict(args.effect)}
     if free + partial > 1 + 1e-9:
         raise SystemExit("leakseg synth: --leak-free-fraction plus --partial-fraction must be at most 1")
     height, width = args.size
@@ -91,7 +96,7 @@ def run(args):
         args.out, args.clips, args.seed, frames=args.frames, height=height, width=width,
         leak_free_fraction=free, partial_fraction=min(partial, 1 - free),
         bit_depth=args.bit_depth, progress=not args.no_progress, version=args.version,
-        effects=dict(args.effect) or None,
+        effects=effects or None,
         visibility_threshold=VISIBILITY_THRESHOLD if args.visibility_threshold is None else args.visibility_threshold,
     )
     print(f"wrote {len(scenes)} clips (generator version {args.version}) to {args.out}")
