@@ -87,7 +87,7 @@ def test_a_leak_that_starts_and_stops_gives_exactly_one_alarm_with_its_facts():
     assert alarm.kind == State.LEAK and not alarm.active
     assert alarm.peak_area_pixels == 1200 and alarm.bbox == (1, 2, 3, 4) and alarm.centroid == (5.0, 6.0)
     assert alarm.start == 1_000_000.0 + 12 and alarm.end == 1_000_000.0 + 18
-    assert alarm.first_seq == 12
+    assert alarm.first_seq == 12 and alarm.end_seq == 18
 
 
 def test_camera_fault_is_never_no_leak_and_does_not_clear_an_active_leak():

@@ -100,6 +100,7 @@ def test_one_leak_one_alarm_raised_and_cleared_no_gas_no_alarm_ignore_zone_suppr
     raised, cleared = events[0][1], events[1][1]
     assert raised["id"] == cleared["id"]
     assert meta["emission"]["first_frame"] <= raised["first_seq"] <= gas_frames[-1]
+    assert cleared["end_seq"] > gas_frames[-1] and raised["end_seq"] is None
     # where the gas is: the alarm's plume centroid lies in the gas's bounding box
     cx, cy = cleared["centroid"]
     assert x0 <= cx <= x1 and y0 <= cy <= y1, (cleared["centroid"], (x0, y0, x1, y1))

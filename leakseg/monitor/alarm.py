@@ -73,7 +73,8 @@ class Alarm:
     bbox: Optional[Tuple[int, int, int, int]] = None
     centroid: Optional[Tuple[float, float]] = None
     evidence: Optional[str] = None
-    first_seq: Optional[int] = None
+    first_seq: Optional[int] = None  # LEAK: the analysed frame that raised it
+    end_seq: Optional[int] = None  # LEAK: the analysed frame that cleared it (replays line alarms up with frames)
     acknowledged: bool = False
     acknowledged_by: Optional[str] = None
     acknowledged_at: Optional[float] = None
@@ -191,7 +192,7 @@ class AlarmLogic:
                                           f"LEAK peak area {self.leak.peak_area_pixels} px"))
             if self.clear_run >= self.settings.clear_frames:
                 alarm, self.leak = self.leak, None
-                alarm.end = obs.time
+                alarm.end, alarm.end_seq = obs.time, obs.seq
                 events.append(self._event("alarm_cleared", obs.time, before, alarm,
                                           f"LEAK cleared after {self.clear_run} clear frames"))
         return self._with_state_change(events, before, obs.time)
