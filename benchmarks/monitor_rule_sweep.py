@@ -4,8 +4,9 @@
     python benchmarks/monitor_rule_sweep.py --archive model_store/jvlgs.mar --seeds 12 20 \\
         --only 0.9 200 3 5 5                                     # check one setting on fresh scenes
 
-For each scene seed: a calm generator-v3 scene (leakseg.training.synth.CALM_EFFECTS) in which a plume leaks,
-stops and clears (leak mode "burst"), and its leak-free twin (the same scene and camera, no gas). The archive
+For each scene seed: a calm generator-v3 scene (leakseg.training.synth.CALM_EFFECTS, 240 x 320) in which a
+plume leaks, stops and clears (leak mode "burst"), and its leak-free twin (the same scene and camera, no gas):
+tests/monitor_media.py's leak_and_twin, the videos of the monitor's default-model test. The archive
 segments both once (absolute probabilities, opening 9, the logits thresholded at each --thresholds value);
 then the monitor's own alarm logic (leakseg.monitor.alarm) runs over the per-frame areas for every rule
 (min_area_pixels, k of n, clear_frames). A leak video is *right* when it gives exactly one LEAK alarm, raised
@@ -20,9 +21,14 @@ import argparse
 import itertools
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from monitor_media import H, W, leak_and_twin  # noqa: E402  (the monitor tests' burst video and its twin)
 
 CHUNK = 32
 
@@ -45,7 +51,7 @@ def frame_areas(predictor, frames, thresholds, opening):
                                                      opening_kernel=opening)).area.tolist() for t in thresholds}
 
 
-def alarms(areas, rule, pixels):
+def alarms(areas, rule):
     """(type, frame) of every LEAK raise and clear the monitor's logic gives on these areas."""
     from leakseg.monitor.alarm import AlarmLogic, Observation
     from leakseg.monitor.config import AlarmSettings
@@ -53,18 +59,26 @@ def alarms(areas, rule, pixels):
     logic = AlarmLogic("sweep", AlarmSettings(**rule))
     out = []
     for t, area in enumerate(areas):
-        for e in logic.observe(Observation(t, float(t), int(area), area / pixels, 1.0)):
+        for e in logic.observe(Observation(t, float(t), int(area), area / (H * W), 1.0)):
             if e.alarm is not None and e.type in ("alarm_raised", "alarm_cleared"):
                 out.append((e.type, t))
     return out
 
 
-def right(scene, threshold, rule, pixels):
-    events = alarms(scene["leak"][threshold], rule, pixels)
-    gas = [t for t, a in enumerate(scene["gas"]) if a > 0]
-    one = [e for e, _ in events] == ["alarm_raised", "alarm_cleared"]
-    on_time = one and scene["first_emitted"] <= events[0][1] <= gas[-1]
-    return on_time, not alarms(scene["twin"][threshold], rule, pixels)
+def score(scenes, threshold, rule):
+    """(leak videos with one alarm on time, twins without any alarm)."""
+    on_time = quiet = 0
+    for scene in scenes.values():
+        events = alarms(scene["leak"][threshold], rule)
+        gas = [t for t, a in enumerate(scene["gas"]) if a > 0]
+        one = [e for e, _ in events] == ["alarm_raised", "alarm_cleared"]
+        on_time += one and scene["first_emitted"] <= events[0][1] <= gas[-1]
+        quiet += not alarms(scene["twin"][threshold], rule)
+    return on_time, quiet
+
+
+def _rule(area, k, n, clear):
+    return dict(min_area_pixels=int(area), k=int(k), n=int(n), clear_frames=int(clear))
 
 
 def main() -> int:
@@ -83,15 +97,12 @@ def main() -> int:
     args = p.parse_args()
 
     from leakseg.inference.predictor import Predictor
-    from leakseg.training.synth import CALM_EFFECTS, generate_clip
 
     predictor = Predictor.from_archive(args.archive, device="cpu")
     thresholds = [args.only[0]] if args.only else args.thresholds
     scenes = {}
-    video = dict(frames=args.frames, height=240, width=320, version=3, effects=CALM_EFFECTS)
     for seed in range(*args.seeds):
-        leak, masks, meta = generate_clip(seed, leak="burst", **video)
-        twin, _, _ = generate_clip(seed, leak="none", **video)
+        leak, twin, masks, meta = leak_and_twin(seed, args.frames)
         scenes[seed] = {"gas": masks.sum(axis=(1, 2)).tolist(), "first_emitted": meta["emission"]["first_frame"],
                         "leak": frame_areas(predictor, leak, thresholds, 9),
                         "twin": frame_areas(predictor, twin, thresholds, 9)}
@@ -99,25 +110,17 @@ def main() -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(scenes, f)
-    pixels, n = 240 * 320, len(scenes)
-
     if args.only:
-        t, area, k, n_, clear = args.only
-        rule = dict(min_area_pixels=int(area), k=int(k), n=int(n_), clear_frames=int(clear))
+        t, rule = args.only[0], _rule(*args.only[1:])
         for seed, scene in scenes.items():
-            print(f"scene {seed}: leak {alarms(scene['leak'][t], rule, pixels)}  twin {alarms(scene['twin'][t], rule, pixels)}")
-        ok = [right(s, t, rule, pixels) for s in scenes.values()]
-        print(f"threshold {t}, {rule}: one alarm on time {sum(a for a, _ in ok)}/{n}, twin quiet {sum(b for _, b in ok)}/{n}")
-        return 0
-    rows = []
-    for t, area, kn, clear in itertools.product(thresholds, args.areas, args.rules, args.clear):
-        k, n_ = (int(x) for x in kn.split("/"))
-        rule = dict(min_area_pixels=area, k=k, n=n_, clear_frames=clear)
-        ok = [right(s, t, rule, pixels) for s in scenes.values()]
-        rows.append((sum(a + b for a, b in ok), sum(a for a, _ in ok), t, rule))
-    rows.sort(key=lambda r: (-r[0], -r[1]))
-    for total, leaks, t, rule in rows[:10]:
-        print(f"threshold {t:<6} {rule}: one alarm on time {leaks}/{n}, twin quiet {total - leaks}/{n}")
+            print(f"scene {seed}: leak {alarms(scene['leak'][t], rule)}  twin {alarms(scene['twin'][t], rule)}")
+        rows = [(t, rule)]
+    else:
+        grid = itertools.product(thresholds, args.areas, args.rules, args.clear)
+        rows = [(t, _rule(area, *kn.split("/"), clear)) for t, area, kn, clear in grid]
+    scored = sorted(((score(scenes, t, rule), t, rule) for t, rule in rows), key=lambda r: (-sum(r[0]), -r[0][0]))
+    for (on_time, quiet), t, rule in scored[:10]:
+        print(f"threshold {t:<6} {rule}: one alarm on time {on_time}/{len(scenes)}, twin quiet {quiet}/{len(scenes)}")
     return 0
 
 

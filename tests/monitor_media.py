@@ -55,6 +55,12 @@ def leak_and_twin(seed: int, n: int = 40) -> Tuple[np.ndarray, np.ndarray, np.nd
     return frames, twin, masks, meta
 
 
+def recording_camera(name: str, source, **kw) -> Dict:
+    """A monitor camera config that reads a video file completely: every frame, as fast as the model takes
+    it, in clips of 8; ``kw`` adds or replaces keys."""
+    return {"name": name, "source": str(source), "analysis_fps": None, "realtime": False, "clip_frames": 8, **kw}
+
+
 def write_video(path: Path, frames: np.ndarray, fps: int = 10) -> Path:
     """A lossless FFV1/Matroska video (grey, 8 or 16 bit), so the decoded pixels are the written ones."""
     import av

@@ -26,9 +26,8 @@ from PIL import Image
 from leakseg.monitor.config import parse_config
 from leakseg.monitor.runner import Monitor, ServiceSegmenter
 from leakseg.monitor.sinks import build_sinks
-from leakseg.serving import server as serve
-from monitor_media import leak_and_twin, write_video
-from torchserve_fixture import loopback_overrides, with_model_config
+from monitor_media import leak_and_twin, recording_camera, write_video
+from torchserve_fixture import serve_archive
 
 pytestmark = pytest.mark.serve
 
@@ -42,15 +41,11 @@ ZONE_MARGIN = 24  # pixels around the gas's bounding box: an ignore zone as an i
 
 @pytest.fixture(scope="module")
 def default_served(default_archive, tmp_path_factory):
-    root = tmp_path_factory.mktemp("default_served")
-    store = root / "model_store"
-    archive = with_model_config(default_archive, store, batchSize=4, maxBatchDelay=100)
-    server = serve.start(store, [f"jvlgs={archive.name}"], serve.REPO_CONFIG, root / "logs", root / "run",
-                         loopback_overrides(), timeout=240)
+    served = serve_archive(default_archive, tmp_path_factory.mktemp("default_served"))
     try:
-        yield server
+        yield served
     finally:
-        server.stop()
+        served.server.stop()
 
 
 def _bbox(masks):
@@ -74,12 +69,11 @@ def test_one_leak_one_alarm_raised_and_cleared_no_gas_no_alarm_ignore_zone_suppr
     twin_video = write_video(tmp_path / "twin.mkv", twin, fps=10)
 
     def camera(name, source, **kw):
-        return {"name": name, "source": str(source), "analysis_fps": None, "realtime": False, "clip_frames": 8,
-                "options": OPTIONS, "alarm": ALARM, **kw}
+        return recording_camera(name, source, options=OPTIONS, alarm=ALARM, **kw)
 
     cfg = parse_config({
-        "service": {"url": default_served.inference_url, "model": "jvlgs", "key_file": str(default_served.key_file),
-                    "timeout": 300, "concurrency": 2},
+        "service": {"url": default_served.inference_url, "model": default_served.model,
+                    "key_file": str(default_served.key_file), "timeout": 300, "concurrency": 2},
         "evidence_dir": str(tmp_path / "evidence"),
         "cameras": [camera("leak", leak_video), camera("no-gas", twin_video),
                     camera("zoned", leak_video, ignore_mask=str(tmp_path / "zone.png"))],

@@ -28,7 +28,7 @@ from leakseg.monitor.runner import ArchiveSegmenter, Monitor, ServiceSegmenter
 from leakseg.monitor.sinks import build_sinks
 from leakseg.monitor.windows import Frame, WindowBuilder
 from monitor_fixtures import free_port
-from monitor_media import read_video, sequence, write_video
+from monitor_media import read_video, recording_camera, sequence, write_video
 
 OPTIONS = {"normalization": "minmax", "opening_kernel": 0}
 N_FRAMES = 15  # windows 0-7, 6-13 and the tail 12-14: every frame reported once
@@ -71,10 +71,7 @@ def monitor_events(jsonl: Path, camera: str):
 
 
 def camera(name, source, **kw):
-    base = {"name": name, "source": str(source), "analysis_fps": None, "realtime": False, "clip_frames": 8,
-            "options": OPTIONS}
-    base.update(kw)
-    return base
+    return recording_camera(name, source, **{"options": OPTIONS, **kw})
 
 
 @pytest.fixture

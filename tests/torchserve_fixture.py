@@ -118,9 +118,11 @@ def loopback_overrides() -> Dict[str, str]:
 _shared: Dict[Path, ServedModel] = {}
 
 
-def _start(onnx_archive: Path, root: Path) -> ServedModel:
+def serve_archive(archive: Path, root: Path) -> ServedModel:
+    """A TorchServe of its own under ``root`` serving ``archive`` (named after its file) with token
+    authorization, on free loopback ports, with the session's dynamic batching. Stop it with ``.server.stop()``."""
     store = root / "model_store"
-    archive = with_model_config(onnx_archive, store, batchSize=BATCH_SIZE, maxBatchDelay=MAX_BATCH_DELAY_MS)
+    archive = with_model_config(archive, store, batchSize=BATCH_SIZE, maxBatchDelay=MAX_BATCH_DELAY_MS)
     server = serve.start(store, [f"{archive.stem}={archive.name}"], serve.REPO_CONFIG, root / "logs", root / "run",
                          loopback_overrides(), timeout=240)
     return ServedModel(server, archive.stem, archive)
@@ -130,7 +132,7 @@ def _start(onnx_archive: Path, root: Path) -> ServedModel:
 def torchserve_server(onnx_archive, tmp_path_factory):
     """A running TorchServe serving tiny.mar; yields a :class:`ServedModel`."""
     if onnx_archive not in _shared:
-        _shared[onnx_archive] = _start(onnx_archive, tmp_path_factory.mktemp("torchserve"))
+        _shared[onnx_archive] = serve_archive(onnx_archive, tmp_path_factory.mktemp("torchserve"))
     served = _shared[onnx_archive]
     try:
         yield served
