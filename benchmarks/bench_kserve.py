@@ -22,7 +22,7 @@ import numpy as np
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from kserve_fixture import spawn, free_ports, start_torchserve_as_kserve, wait_for  # noqa: E402
+from support.kserve_fixture import spawn, free_ports, start_torchserve_as_kserve, wait_for  # noqa: E402
 
 
 def body(frames: int, height: int, width: int, seed: int) -> bytes:

@@ -42,8 +42,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from monitor_fixtures import free_port, wait_port  # noqa: E402
-from monitor_media import sequence, write_video  # noqa: E402
+from support.monitor_fixtures import free_port, wait_port  # noqa: E402
+from support.monitor_media import sequence, write_video  # noqa: E402
 
 from leakseg.monitor.config import parse_config  # noqa: E402
 from leakseg.monitor.runner import ArchiveSegmenter, Monitor, ServiceSegmenter  # noqa: E402

@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from monitor_media import H, W, leak_and_twin  # noqa: E402  (the monitor tests' burst video and its twin)
+from support.monitor_media import H, W, leak_and_twin  # noqa: E402  (the monitor tests' burst video and its twin)
 
 CHUNK = 32
 

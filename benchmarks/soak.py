@@ -40,7 +40,7 @@ import psutil
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import bad_requests as bad  # noqa: E402  (the catalogue of malformed requests, shared with the tests)
+import support.bad_requests as bad  # noqa: E402  (the catalogue of malformed requests, shared with the tests)
 from bench_service import start_server  # noqa: E402
 
 from leakseg.inference.predictor import Predictor  # noqa: E402

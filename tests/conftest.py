@@ -3,39 +3,26 @@
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+from support.models import small_model
+
 os.environ.setdefault("LEAKSEG_THREADS", "2")
 
-from fake_service import image_folder  # noqa: E402,F401  (a folder of test frames, see fake_service.py)
-from torchserve_fixture import torchserve_server  # noqa: E402,F401  (one real TorchServe per session, see torchserve_fixture.py)
-
-SMALL_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
-
-
-def small_model(backbone: str = "pvt_v2_b0", seed: int = 0):
-    """A JVLGS with a small text width, randomised (BN statistics too) so outputs are not trivial."""
-    import torch
-    from authors_format import randomise_
-
-    from leakseg.model import TextModelConfig, build_model
-
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)  # the weights' own init too: the same model whatever ran before
-        model = build_model(backbone, text_dim=SMALL_TEXT["hidden_size"], text_model=TextModelConfig(**SMALL_TEXT))
-    return randomise_(model, seed)
+#: Fixtures shared by every test module: a folder of test frames (support/fake_service.py) and one real
+#: TorchServe per session (support/torchserve_fixture.py). tests/ is on sys.path (pytest's rootdir-relative
+#: "prepend" import mode puts a conftest's folder there), so the support package imports by its name.
+pytest_plugins = ["support.fake_service", "support.torchserve_fixture"]
 
 
 @pytest.fixture(scope="session")
 def authors_checkpoint(tmp_path_factory) -> Path:
     """A b0 checkpoint in the authors' layout (``module.`` prefix, text model included)."""
     import torch
-    from authors_format import randomise_, to_authors_state_dict
+    from support.authors_format import randomise_, to_authors_state_dict
 
     from leakseg.model.text import build_text_model
 

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from authors_format import to_authors_state_dict
-from conftest import small_model
+from support.authors_format import to_authors_state_dict
+from support.models import small_model
 from leakseg.model.checkpoint import (
     CheckpointError, import_authors_checkpoint, infer_config, load_native, read_torch_checkpoint, save_native,
 )

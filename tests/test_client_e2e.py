@@ -26,8 +26,8 @@ import pytest
 import requests
 from PIL import Image
 
-from _blockers import NOT_IN_THIN_CLIENT, run_python
-from loopback import pipe
+from support.blockers import NOT_IN_THIN_CLIENT, run_python
+from support.loopback import pipe
 from leakseg.client import (
     AuthError,
     ClipOptions,

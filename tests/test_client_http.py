@@ -35,7 +35,7 @@ from leakseg.schema import (
     ErrorCode,
 )
 
-from fake_service import (  # noqa: F401
+from support.fake_service import (  # noqa: F401
     CLIP, DESCRIPTION, OURS_400, TS_503, TS_NO_WORKER, TS_TOKEN, FakeService, answer_clip, canned_result, client_for,
     fail_then,
 )

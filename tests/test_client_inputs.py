@@ -34,7 +34,7 @@ from leakseg.schema import (
     ErrorCode,
 )
 
-from fake_service import (  # noqa: F401
+from support.fake_service import (  # noqa: F401
     DESCRIPTION, TS_NO_WORKER, TS_TOKEN, canned_result, image_bytes, parse_body, parse_multipart,
 )
 

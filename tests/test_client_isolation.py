@@ -10,8 +10,8 @@ import sys
 
 import numpy as np
 
-from _blockers import HEAVY, NOT_IN_THIN_CLIENT, blocking_env, run_python
-from fake_service import FakeService, answer_clip
+from support.blockers import HEAVY, NOT_IN_THIN_CLIENT, blocking_env, run_python
+from support.fake_service import FakeService, answer_clip
 
 IMPORTS_AND_BUILDS = """
 import json, sys

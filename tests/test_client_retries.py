@@ -15,7 +15,7 @@ import pytest
 
 from leakseg.client import ConnectionFailed, InvalidInput, LeakSegClient, ServiceError, WorkerDied
 from leakseg.client.errors import RETRYABLE, ModelNotReady, ServerBusy, error_from_response
-from fake_service import CLIP, OURS_400, TS_503, FakeService, answer_clip, canned_result, client_for, fail_then
+from support.fake_service import CLIP, OURS_400, TS_503, FakeService, answer_clip, canned_result, client_for, fail_then
 
 WORKER_DIED_507 = (507, {"code": 507, "type": "InternalServerException", "message": "Worker died."})
 WORKER_DIED_500 = (500, {"code": 500, "type": "InternalServerException", "message": "Worker died."})

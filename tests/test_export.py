@@ -116,7 +116,7 @@ def test_prompt_bank_in_archive_holds_the_text_models_embeddings(onnx_archive, a
 
 
 def test_export_native_checkpoint_keeps_its_prompt_bank(tmp_path):
-    from conftest import small_model
+    from support.models import small_model
     from leakseg.model.checkpoint import save_native
     from leakseg.export.exporter import ExportOptions, export_archive
     from leakseg.model.prompts import PromptBank
@@ -163,7 +163,7 @@ def test_text_model_folder_supplies_tokenizer_and_weights(tmp_path, authors_chec
 
 
 def test_postprocess_defaults_come_from_the_checkpoint_then_the_command(tmp_path):
-    from conftest import small_model
+    from support.models import small_model
     from leakseg.cli import main
     from leakseg.model.checkpoint import save_native
     from leakseg.model.prompts import PromptBank

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from fgstp_format import fgstp_archive, fgstp_checkpoint, small_fgstp, to_fgstp_state_dict
+from support.fgstp_format import fgstp_archive, fgstp_checkpoint, small_fgstp, to_fgstp_state_dict
 from leakseg.model import build_model, triplet_neighbours
 from leakseg.model.checkpoint import (
     CheckpointError, checkpoint_family, import_authors_checkpoint, infer_config, read_torch_checkpoint,

@@ -10,8 +10,8 @@ import pytest
 import requests
 from PIL import Image
 
-from fgstp_format import fgstp_archive, fgstp_checkpoint
-from torchserve_fixture import loopback_overrides, with_model_config
+from support.fgstp_format import fgstp_archive, fgstp_checkpoint
+from support.torchserve_fixture import loopback_overrides, with_model_config
 
 pytestmark = pytest.mark.serve
 

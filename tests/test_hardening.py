@@ -37,12 +37,12 @@ import numpy as np
 import pytest
 import requests
 
-import bad_requests as bad
+import support.bad_requests as bad
 from leakseg.client import LeakSegClient
 from leakseg.inference.manifest import MANIFEST_FILE, ArchiveManifest
 from leakseg.schema import ClipResult
 from leakseg.serving import server as serve
-from torchserve_fixture import loopback_overrides, with_model_config
+from support.torchserve_fixture import loopback_overrides, with_model_config
 
 TIMEOUT = 300  # seconds per request: 2 shared cores, a busy machine
 CASE_NAMES = [case.name for case in bad.catalogue()]

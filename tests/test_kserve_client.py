@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from _blockers import NOT_IN_THIN_CLIENT, run_python
+from support.blockers import NOT_IN_THIN_CLIENT, run_python
 
 
 def server_side(body_bytes: bytes):

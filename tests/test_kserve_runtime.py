@@ -18,7 +18,7 @@ import pytest
 import requests
 from PIL import Image
 
-from kserve_fixture import listening_addresses, start_kserve_runtime
+from support.kserve_fixture import listening_addresses, start_kserve_runtime
 
 pytestmark = pytest.mark.serve
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import requests
 
-from kserve_fixture import listening_addresses, start_torchserve_as_kserve
+from support.kserve_fixture import listening_addresses, start_torchserve_as_kserve
 from test_kserve_runtime import clip, masks, same_as_predictor, tensor_body
 
 pytestmark = pytest.mark.serve

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import small_model
+from support.models import small_model
 from leakseg.model import triplet_neighbours
 from leakseg.model.decoder import FPNDecoder, fusion_head
 from leakseg.model.encoder import RFB, VisionEncoder

@@ -26,8 +26,8 @@ from PIL import Image
 from leakseg.monitor.config import parse_config
 from leakseg.monitor.runner import Monitor, ServiceSegmenter
 from leakseg.monitor.sinks import build_sinks
-from monitor_media import leak_and_twin, recording_camera, write_video
-from torchserve_fixture import serve_archive
+from support.monitor_media import leak_and_twin, recording_camera, write_video
+from support.torchserve_fixture import serve_archive
 
 pytestmark = pytest.mark.serve
 

@@ -27,8 +27,8 @@ from leakseg.monitor.config import AlarmSettings, parse_config
 from leakseg.monitor.runner import ArchiveSegmenter, Monitor, ServiceSegmenter
 from leakseg.monitor.sinks import build_sinks
 from leakseg.monitor.windows import Frame, WindowBuilder
-from monitor_fixtures import free_port
-from monitor_media import read_video, recording_camera, sequence, write_video
+from support.monitor_fixtures import free_port
+from support.monitor_media import read_video, recording_camera, sequence, write_video
 
 OPTIONS = {"normalization": "minmax", "opening_kernel": 0}
 N_FRAMES = 15  # windows 0-7, 6-13 and the tail 12-14: every frame reported once
@@ -266,7 +266,7 @@ def test_service_down_then_back_is_a_service_fault_that_clears(served, tmp_path,
     import threading
     from urllib.parse import urlparse
 
-    from monitor_fixtures import Forwarder
+    from support.monitor_fixtures import Forwarder
 
     path, _ = leak_video
     proxy = Forwarder(urlparse(served.inference_url).port)  # closed: nothing listens

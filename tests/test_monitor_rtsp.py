@@ -9,7 +9,7 @@ import time
 from leakseg.monitor.config import parse_config
 from leakseg.monitor.runner import ArchiveSegmenter, Monitor
 from leakseg.monitor.sinks import build_sinks
-from monitor_fixtures import rtsp_server  # noqa: F401  (fixture)
+from support.monitor_fixtures import rtsp_server  # noqa: F401  (fixture)
 
 
 class InProcess(ArchiveSegmenter):

@@ -20,7 +20,7 @@ from leakseg.monitor.alarm import Observation
 from leakseg.monitor.config import parse_config
 from leakseg.monitor.runner import Monitor, Segmenter
 from leakseg.monitor.sinks import build_sinks
-from monitor_fixtures import MqttRecorder, free_port, mosquitto, retained  # noqa: F401
+from support.monitor_fixtures import MqttRecorder, free_port, mosquitto, retained  # noqa: F401
 
 PASSWORD_ENV = "LEAKSEG_TEST_OPCUA_PASSWORD"
 

@@ -11,8 +11,8 @@ from PIL import Image
 
 from leakseg.monitor.config import CameraConfig
 from leakseg.monitor.sources import make_source
-from monitor_fixtures import rtsp_server  # noqa: F401  (fixture)
-from monitor_media import write_video
+from support.monitor_fixtures import rtsp_server  # noqa: F401  (fixture)
+from support.monitor_media import write_video
 
 
 class Recorder:

@@ -27,7 +27,7 @@ from PIL import Image
 from leakseg.serving import server as serve
 from leakseg.inference.manifest import extract_archive
 from leakseg.schema import ClipResult, ErrorResponse, ModelDescription
-from torchserve_fixture import loopback_overrides
+from support.torchserve_fixture import loopback_overrides
 
 TIMEOUT = 180  # seconds per request: 2 shared cores, a busy machine
 

@@ -13,6 +13,7 @@ from leakseg.model.config import (
     CONFIG_CLASSES, DEFAULT_PROMPTS, FAMILIES, PUBLISHED_POSTPROCESS, PVT_VARIANTS, FGSTPConfig, JVLGSConfig, TextModelConfig,
     config_from_dict,
 )
+from leakseg.model.family import ModelFamily, family_names, get_family, register_family
 from leakseg.model.fgstp import FGSTP
 from leakseg.model.jvlgs import JVLGS
 from leakseg.model.network import TripletNetwork
@@ -45,7 +46,11 @@ __all__ = [
     "TextModelConfig",
     "TripletNetwork",
     "batch_neighbours",
+    "ModelFamily",
     "build_model",
+    "family_names",
+    "get_family",
+    "register_family",
     "config_from_dict",
     "triplet_neighbours",
 ]

@@ -13,6 +13,7 @@ from typing import List, Tuple
 import torch
 
 from leakseg.model.config import FGSTPConfig
+from leakseg.model.family import ModelFamily, register_family
 from leakseg.model.network import TripletNetwork
 from leakseg.model.sinet import ReverseAttentionDecoder
 
@@ -42,3 +43,10 @@ class FGSTP(TripletNetwork):
         Returns (logits, maps of neighbour t+1, maps of neighbour t+2); maps are [S_g, S_5, S_4, S_3].
         """
         return self.decode_triplet(triplet, self.encode)
+
+
+#: FGSTP's test script does not open the masks; its train script drops the rate after epoch 44 of 60.
+FAMILY = register_family(ModelFamily(
+    name="fgstp", config_class=FGSTPConfig, model_class=FGSTP, published_postprocess={"opening_kernel": 0},
+    lr_drop_at=44 / 60,
+))

@@ -8,6 +8,7 @@ import torch
 
 from leakseg.model.config import JVLGSConfig
 from leakseg.model.decoder import FPNDecoder
+from leakseg.model.family import ModelFamily, register_family
 from leakseg.model.fusion import VisionLanguageFusion
 from leakseg.model.network import TripletNetwork
 
@@ -40,3 +41,8 @@ class JVLGS(TripletNetwork):
         """
         logits, maps1, maps2 = self.decode_triplet(triplet, lambda frames: self.encode(frames, text))
         return logits, maps1[-1], maps2[-1]
+
+
+FAMILY = register_family(ModelFamily(
+    name="jvlgs", config_class=JVLGSConfig, model_class=JVLGS, published_postprocess={}, lr_drop_at=0.8,
+))

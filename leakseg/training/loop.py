@@ -38,11 +38,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from leakseg.model import PUBLISHED_POSTPROCESS, TripletNetwork
+from leakseg.model import TripletNetwork, get_family
 from leakseg.model.prompts import PromptBank
 from leakseg.schema import ClipOptions
 from leakseg.training.augment import AugmentConfig
-from leakseg.training.loss import LR_DROP_AT, published_loss, structure_loss
+from leakseg.training.loss import published_loss, structure_loss
 from leakseg.training.samplers import Clip, ClipSet, TripletSet, load_clips
 from leakseg.training.start import load_start
 
@@ -85,7 +85,7 @@ class TrainConfig:
     batch_size: int = 6
     lr: float = 1e-4
     lr_drop_at: Optional[float] = None  # share of epochs (or of the time budget) after which lr x 0.1;
-    # None: the family's published schedule (loss.LR_DROP_AT: JVLGS 0.8, FGSTP 44/60)
+    # None: the family's published schedule (ModelFamily.lr_drop_at: JVLGS 0.8, FGSTP 44/60)
     clip_value: float = 0.5
     size: int = 352
     crop: Optional[int] = None  # train on random crop x crop windows of the size x size frames
@@ -238,8 +238,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     else:
         model, bank, info = load_start(cfg.init, cfg.backbone, cfg.arch)
     if cfg.lr_drop_at is None:
-        cfg = replace(cfg, lr_drop_at=LR_DROP_AT[model.family])
-    recommended = {**PUBLISHED_POSTPROCESS[model.family], **serving_postprocess(cfg)}
+        cfg = replace(cfg, lr_drop_at=get_family(model.family).lr_drop_at)
+    recommended = {**get_family(model.family).published_postprocess, **serving_postprocess(cfg)}
     model.to(device).train()
     text = torch.from_numpy(bank.matrix()).to(device)[None] if bank.takes_prompts else None  # (1, D, P), fixed
     clips = load_clips(cfg.data, cfg.few_shot)

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Dict, Iterable, Mapping, Optional, Sequence
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 #: What the thin client must never import (the brief's list).
 HEAVY = ("torch", "onnxruntime", "timm", "transformers")
@@ -42,7 +42,7 @@ class _Blocker(_abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name.partition(".")[0] in _state.blocked:
             _state.attempts.append(name)
-            raise ModuleNotFoundError(f"import of {{name!r}} blocked by tests/_blockers.py", name=name)
+            raise ModuleNotFoundError(f"import of {{name!r}} blocked by tests/support/blockers.py", name=name)
         return None
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import pytest
-from loopback import free_ports, pipe
+from support.loopback import free_ports, pipe
 
 HERE = Path(__file__).parent
 SYSTEM_PYTHON = "/usr/bin/python3"

@@ -2,7 +2,7 @@
 
 Run with the *system* Python, which has PyGObject (python3-gi, gir1.2-gst-rtsp-server-1.0):
 
-    /usr/bin/python3 tests/monitor_rtsp_server.py PORT
+    /usr/bin/python3 tests/support/monitor_rtsp_server.py PORT
 
 It serves rtsp://127.0.0.1:PORT/cam: a live 160 x 120 test picture (a moving ball, so frames are
 never identical) at 10 fps, Motion-JPEG over RTP. It prints "ready" once listening and runs

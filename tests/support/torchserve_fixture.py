@@ -26,7 +26,7 @@ from typing import Dict
 import pytest
 
 from leakseg.serving import server as serve
-from loopback import free_ports
+from support.loopback import free_ports
 
 BATCH_SIZE = 4
 MAX_BATCH_DELAY_MS = 200

@@ -28,9 +28,9 @@ from typing import Dict, List, Optional
 
 import pytest
 import requests
-from loopback import free_ports
+from support.loopback import free_ports
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 OVERLAY = REPO / ".leakseg" / "kserve-venv"
 #: What the overlay installs: the kserve extra's requirement (pyproject.toml).
 KSERVE_REQUIREMENT = "kserve>=0.20,<0.22"

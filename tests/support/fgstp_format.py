@@ -1,6 +1,6 @@
 """Writing FGSTP checkpoints in the authors' layout, for tests (the inverse of leakseg's import).
 
-The shared parts are named as in JVLGS checkpoints (tests/authors_format.py); the SINet-V2 decoder
+The shared parts are named as in JVLGS checkpoints (tests/support/authors_format.py); the SINet-V2 decoder
 keeps the research code's names (``backbone.decoder.NCD.*``, ``RS5/RS4/RS3``, GRA ``conv.0``).
 test_fgstp checks that a b5 model written this way has exactly the keys and shapes of
 tests/data/fgstp_b5_reference_manifest.json.
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Dict
 
 import torch
-from authors_format import randomise_, to_authors_state_dict
+from support.authors_format import randomise_, to_authors_state_dict
 
 _DECODER = [
     (r"^backbone\.decoder\.ncd\.", lambda m: "backbone.decoder.NCD."),

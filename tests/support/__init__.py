@@ -1,0 +1,1 @@
+"""Test helpers: fixtures, fake and real services, model and media builders (not tests themselves)."""
