@@ -1,4 +1,4 @@
-# leakseg GPU serving image: TorchServe + the JVLGS handler + the default archive.
+# leakseg GPU serving image: TorchServe + the leakseg handler + the default archive.
 #
 #   docker build -t leakseg .
 #   docker run --gpus all -p 8080:8080 leakseg

@@ -4,13 +4,18 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO := .leakseg/demo
 
-.PHONY: setup test test-fast demo bench schema clean system-deps demo-monitor
+.PHONY: setup test test-fast fuzz demo bench schema clean system-deps demo-monitor
 
 setup: system-deps $(VENV)/.installed
 
 # System packages for `leakseg monitor`'s tests and demo (Debian): the mosquitto MQTT broker and
-# GStreamer's RTSP server (run by the system python3). Installed only when missing; never fatal.
+# GStreamer's RTSP server (run by the system python3); nginx for deploy/proxy's test in front of
+# TorchServe (the package's service is not needed: the test runs its own nginx). Installed only when
+# missing; never fatal.
 system-deps:
+	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || \
+		(apt-get install -y -qq nginx >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq nginx) || \
+		echo "warning: could not install nginx (the reverse-proxy tests will be skipped)")
 	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || \
 		(apt-get install -y -qq mosquitto >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq mosquitto) || \
 		echo "warning: could not install mosquitto (MQTT tests will be skipped)")
@@ -32,6 +37,10 @@ test: setup
 # Unit tests only (no TorchServe), for a quick loop while editing.
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not serve"
+
+# The property-based fuzz tests only, with a much larger budget than `make test` gives them.
+fuzz: setup
+	HYPOTHESIS_PROFILE=long $(BIN)/python -m pytest -q -m fuzz
 
 # Serve the bundled default model and segment a sample clip (see README.md).
 demo: setup

@@ -46,7 +46,8 @@ from support.monitor_fixtures import free_port, wait_port  # noqa: E402
 from support.monitor_media import sequence, write_video  # noqa: E402
 
 from leakseg.monitor.config import parse_config  # noqa: E402
-from leakseg.monitor.runner import ArchiveSegmenter, Monitor, ServiceSegmenter  # noqa: E402
+from leakseg.monitor.runner import Monitor  # noqa: E402
+from leakseg.monitor.segmenters import ArchiveSegmenter, ServiceSegmenter  # noqa: E402
 from leakseg.monitor.sinks import build_sinks  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """Frames per second end to end over HTTP vs the in-process Predictor: same archive, same run.
 
-Starts its own TorchServe (leakseg.serving.server, free loopback ports, token auth on) with the archive
+Starts its own TorchServe (leakseg.serving.torchserve_process, free loopback ports, token auth on) with the archive
 as exported (its batch size, batch delay and workers), then sends clips of 8 PNG frames as
 multipart requests from 1, 4 and 16 concurrent clients. The in-process baseline runs the same
 clips through Predictor.predict one after the other, in this process, before the server starts
@@ -24,7 +24,7 @@ import numpy as np
 import requests
 from PIL import Image
 
-from leakseg.serving import server as serve
+from leakseg.serving import torchserve_process as serve
 from leakseg.inference.predictor import Predictor
 
 

@@ -17,6 +17,9 @@ For each phase it prints clips sent, answered correctly (equal to the in-process
 answered). The goal is 0 lost and 0 wrong. Exit status 1 otherwise.
 
     python benchmarks/faults.py --archive model_store/jvlgs.mar [--clients 4] [--phase-seconds 20]
+
+The monitor's faults (service killed, hung, answering garbage; camera lost; broker restarted; SIGTERM), as
+SCADA sees them over MQTT: ``benchmarks/monitor_faults.py``.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from soak import comparable, good_clips
 
 from leakseg.client import LeakSegClient
 from leakseg.inference.predictor import Predictor
-from leakseg.serving import server as serve
+from leakseg.serving import torchserve_process as serve
 
 TIMEOUT = 300
 

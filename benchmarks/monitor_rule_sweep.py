@@ -4,7 +4,7 @@
     python benchmarks/monitor_rule_sweep.py --archive model_store/jvlgs.mar --seeds 12 20 \\
         --only 0.9 200 3 5 5                                     # check one setting on fresh scenes
 
-For each scene seed: a calm generator-v3 scene (leakseg.training.synth.CALM_EFFECTS, 240 x 320) in which a
+For each scene seed: a calm generator-v3 scene (leakseg.synth.CALM_EFFECTS, 240 x 320) in which a
 plume leaks, stops and clears (leak mode "burst"), and its leak-free twin (the same scene and camera, no gas):
 tests/monitor_media.py's leak_and_twin, the videos of the monitor's default-model test. The archive
 segments both once (absolute probabilities, opening 9, the logits thresholded at each --thresholds value);

@@ -41,7 +41,7 @@ def free_port() -> int:
 def write_leak_video(path: Path, frames: int = 40, fps: int = 5) -> Path:
     import av
 
-    from leakseg.training.synth import CALM_EFFECTS, generate_clip
+    from leakseg.synth import CALM_EFFECTS, generate_clip
 
     clip, masks, _ = generate_clip(0, frames=frames, height=240, width=320, leak="burst", version=3,
                                    effects=CALM_EFFECTS)
@@ -75,7 +75,8 @@ def main() -> int:
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
 
     from leakseg.monitor.config import parse_config
-    from leakseg.monitor.runner import ArchiveSegmenter, Monitor, ServiceSegmenter
+    from leakseg.monitor.runner import Monitor
+    from leakseg.monitor.segmenters import ArchiveSegmenter, ServiceSegmenter
     from leakseg.monitor.sinks import build_sinks
 
     OUT.mkdir(parents=True, exist_ok=True)

@@ -53,8 +53,9 @@ ERROR_STATUS = {
 }
 
 
-class _Strict(BaseModel):
-    """Request models: an unknown field is an error (a typo must not pass silently)."""
+class StrictModel(BaseModel):
+    """Models of what people write (requests, the monitor's configuration): an unknown field is an
+    error, because a typo must not pass silently."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -65,7 +66,7 @@ class _Response(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-class ClipOptions(_Strict):
+class ClipOptions(StrictModel):
     """Per-request post-processing options (all optional; defaults are the published ones)."""
 
     threshold: float = Field(0.5, gt=0.0, lt=1.0, description="Probability threshold, after normalisation.")
@@ -259,7 +260,7 @@ class InputError(ValueError):
         )
 
 
-class JsonClipRequest(_Strict):
+class JsonClipRequest(StrictModel):
     """The ``application/json`` request form."""
 
     frames: List[str] = Field(

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from pathlib import Path
 
 import pytest
-
-from support.models import small_model
+from hypothesis import HealthCheck, settings
 
 os.environ.setdefault("LEAKSEG_THREADS", "2")
+
+# Property-based fuzzing (tests marked ``fuzz``) runs with a fixed budget in `make test`; `make fuzz`
+# (HYPOTHESIS_PROFILE=long) runs the same properties with many more examples.
+settings.register_profile("default", max_examples=150, deadline=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+settings.register_profile("long", parent=settings.get_profile("default"), max_examples=5000, derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 #: Fixtures shared by every test module: a folder of test frames (support/fake_service.py) and one real
 #: TorchServe per session (support/torchserve_fixture.py). tests/ is on sys.path (pytest's rootdir-relative
@@ -18,42 +25,67 @@ os.environ.setdefault("LEAKSEG_THREADS", "2")
 pytest_plugins = ["support.fake_service", "support.torchserve_fixture"]
 
 
+def pytest_generate_tests(metafunc):
+    """A test that takes ``family`` runs once per registered model family (``promptless_family``: once per
+    family that takes no prompts), so a new family is tested without a new test file."""
+    if {"family", "promptless_family"} & set(metafunc.fixturenames):
+        from leakseg.model import family_names, get_family
+
+        if "family" in metafunc.fixturenames:
+            metafunc.parametrize("family", family_names(), scope="module")
+        if "promptless_family" in metafunc.fixturenames:
+            promptless = [name for name in family_names() if not get_family(name).takes_prompts]
+            metafunc.parametrize("promptless_family", promptless, scope="module")
+
+
 @pytest.fixture(scope="session")
-def authors_checkpoint(tmp_path_factory) -> Path:
-    """A b0 checkpoint in the authors' layout (``module.`` prefix, text model included)."""
-    import torch
-    from support.authors_format import randomise_, to_authors_state_dict
+def family_checkpoint(tmp_path_factory):
+    """family name -> a b0 checkpoint of that family in the authors' layout (``module.`` prefix, the text
+    model included when it takes prompts), written once."""
+    from support.models import write_authors_checkpoint
 
-    from leakseg.model.text import build_text_model
+    @functools.lru_cache(maxsize=None)
+    def checkpoint(family: str) -> Path:
+        return write_authors_checkpoint(tmp_path_factory.mktemp(f"ckpt_{family}") / "tiny_authors.pth", family)
 
-    model = small_model()
-    with torch.random.fork_rng():
-        torch.manual_seed(1)
-        text_model = randomise_(build_text_model(model.config.text_model), seed=1)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny_authors.pth"
-    torch.save(to_authors_state_dict(model, text_model, prefix="module."), path)
-    return path
+    return checkpoint
 
 
-def _export(checkpoint: Path, out: Path, fmt: str, name: str) -> Path:
+@pytest.fixture(scope="session")
+def family_archive(family_checkpoint, tmp_path_factory):
+    """(family name, format) -> its test checkpoint exported once: JVLGS's as tiny.mar / tiny_ts.mar with two
+    extra prompts, another family's as NAME.mar / NAME_ts.mar."""
     from leakseg.export.exporter import ExportOptions, export_archive
+    from leakseg.model import get_family
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return export_archive(ExportOptions(
-            checkpoint=checkpoint, name=name, format=fmt, output_dir=out, extra_prompts=["gas plume", "vapour cloud"],
-        ))
+    @functools.lru_cache(maxsize=None)
+    def archive(family: str, fmt: str = "onnx") -> Path:
+        name = ("tiny" if family == "jvlgs" else family) + ("_ts" if fmt == "torchscript" else "")
+        extra = ["gas plume", "vapour cloud"] if get_family(family).takes_prompts else []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return export_archive(ExportOptions(checkpoint=family_checkpoint(family), name=name, format=fmt,
+                                                output_dir=tmp_path_factory.mktemp(f"store_{name}"),
+                                                extra_prompts=extra))
+
+    return archive
 
 
 @pytest.fixture(scope="session")
-def onnx_archive(authors_checkpoint, tmp_path_factory) -> Path:
-    """tiny.mar: the b0 test checkpoint exported to ONNX, with two extra prompts."""
-    return _export(authors_checkpoint, tmp_path_factory.mktemp("model_store"), "onnx", "tiny")
+def authors_checkpoint(family_checkpoint) -> Path:
+    """The JVLGS b0 checkpoint in the authors' layout (``module.`` prefix, text model included)."""
+    return family_checkpoint("jvlgs")
 
 
 @pytest.fixture(scope="session")
-def torchscript_archive(authors_checkpoint, tmp_path_factory) -> Path:
-    return _export(authors_checkpoint, tmp_path_factory.mktemp("model_store_ts"), "torchscript", "tiny_ts")
+def onnx_archive(family_archive) -> Path:
+    """tiny.mar: the JVLGS b0 test checkpoint exported to ONNX, with two extra prompts."""
+    return family_archive("jvlgs", "onnx")
+
+
+@pytest.fixture(scope="session")
+def torchscript_archive(family_archive) -> Path:
+    return family_archive("jvlgs", "torchscript")
 
 
 @pytest.fixture(scope="session")

@@ -504,4 +504,4 @@ def test_segment_with_heavy_packages_unimportable(served, predictor, tmp_path):
 def test_the_blocker_is_in_force():
     """The check above proves something only if the blocked interpreter really cannot import torch."""
     proc = run_python("import torch", blocked=NOT_IN_THIN_CLIENT)
-    assert proc.returncode != 0 and re.search(r"blocked by tests/_blockers\.py", proc.stderr)
+    assert proc.returncode != 0 and re.search(r"blocked by tests/support/blockers\.py", proc.stderr)

@@ -26,8 +26,8 @@ from leakseg.client import (
     Timeout,
     build_request,
     error_from_response,
-    load_frames,
 )
+import support.bad_requests as bad
 from leakseg.client.errors import BAD_REQUEST, REQUEST_TOO_LARGE, WorkerDied
 from leakseg.schema import (
     ERROR_STATUS,
@@ -195,6 +195,21 @@ def test_non_image_file_and_clip_in_list_are_refused(tmp_path):
         build_request([tmp_path / "missing.png"])
 
 
+@pytest.mark.parametrize("form", ["multipart", "json"])
+@pytest.mark.parametrize("encode, suffix", [(bad.png_rgb16, "png"), (bad.tiff_rgb16, "tif")], ids=["png", "tiff"])
+def test_sixteen_bit_colour_files_are_refused_before_sending_as_the_service_would(tmp_path, encode, suffix, form):
+    """The service refuses 16-bit colour images (Pillow would keep only the high byte); the client says so first."""
+    radiometric = bad.radiometric_rgb(np.arange(48, dtype=np.uint8).reshape(6, 8))
+    paths = [tmp_path / f"f{i}.{suffix}" for i in range(3)]
+    for path in paths:
+        path.write_bytes(encode(radiometric))
+    with pytest.raises(InvalidInput, match="16-bit colour") as info:
+        build_request(paths, form=form)
+    assert info.value.code == ErrorCode.FRAME_DECODE_ERROR and info.value.field == "f0." + suffix
+    body = build_request(np.stack([radiometric] * 3))  # the lossless way: the array as .npy
+    np.testing.assert_array_equal(np.load(io.BytesIO(body.part("clip").content)), np.stack([radiometric] * 3))
+
+
 def test_body_bytes_are_built_once():
     body = build_request(np.zeros((2, 4, 4), np.uint8))
     assert body.size == len(body.data) and body.headers["Content-Type"].startswith("multipart/form-data; boundary=")
@@ -235,22 +250,11 @@ def test_json_form_of_a_npy_clip(tmp_path):
 def test_json_form_refuses_float_and_16_bit_rgb():
     with pytest.raises(ValueError, match="float32.*multipart"):
         build_request(np.zeros((2, 4, 4), np.float32), form="json")
-    with pytest.raises(ValueError, match="16-bit RGB"):
+    with pytest.raises(InvalidInput, match="16-bit RGB") as info:  # typed as the service would answer it
         build_request(np.zeros((2, 4, 4, 3), np.uint16), form="json")
+    assert info.value.code == ErrorCode.FRAME_DECODE_ERROR
     with pytest.raises(ValueError, match="form must be"):
         build_request(np.zeros((2, 4, 4), np.uint8), form="xml")
-
-
-def test_load_frames_decodes_every_kind(tmp_path, image_folder):
-    folder, _ = image_folder
-    assert load_frames(folder).shape == (10, 6, 8)
-    grey16 = np.arange(48, dtype=np.uint16).reshape(6, 8) * 1000
-    (tmp_path / "a.tif").write_bytes(image_bytes(grey16, "TIFF"))
-    loaded = load_frames([tmp_path / "a.tif"])
-    assert loaded.dtype == np.uint16
-    np.testing.assert_array_equal(loaded[0], grey16)
-    np.save(tmp_path / "c.npy", np.stack([grey16, grey16]))
-    assert load_frames(tmp_path / "c.npy").shape == (2, 6, 8)
 
 
 # =============================================================================================

@@ -1,7 +1,7 @@
 """The thin client, the overlays and `leakseg segment` work with torch & co. unimportable.
 
 The venv has torch, onnxruntime, timm and transformers installed, so each check runs in a
-fresh interpreter where tests/_blockers.py makes them (and the other packages `pip install
+fresh interpreter where tests/support/blockers.py makes them (and the other packages `pip install
 leakseg` does not bring) raise ModuleNotFoundError, and records any attempt to import them.
 """
 
@@ -19,17 +19,18 @@ import numpy as np
 from PIL import Image
 
 import leakseg.client, leakseg.utils.overlay, leakseg.commands.segment
-from leakseg.client import LeakSegClient, build_request, load_frames
+from leakseg.client import LeakSegClient, build_request, clip_array_from
 from leakseg.utils.overlay import render_overlays
 
 body = build_request(np.zeros((3, 8, 8), np.uint16), ["gas leak"], {"threshold": 0.4})
 json_body = build_request([Image.new("I;16", (8, 8))] * 2, form="json")
+decoded = clip_array_from([Image.new("I;16", (8, 8))] * 2)  # leakseg.io.frames, the service's reader
 client = LeakSegClient("http://127.0.0.1:9", token="t")
 client.close()
 
 import _leakseg_blocker
 heavy = sorted(m for m in sys.modules if m.partition(".")[0] in _leakseg_blocker.blocked)
-print(json.dumps({"size": body.size, "json_frames": len(json_body.json["frames"]),
+print(json.dumps({"size": body.size, "json_frames": len(json_body.json["frames"]), "decoded": decoded.shape,
                   "attempts": _leakseg_blocker.attempts, "loaded": heavy}))
 """
 
@@ -40,7 +41,7 @@ def last_json_line(stdout: str) -> dict:
 
 def test_blocker_really_blocks():
     proc = run_python("import torch")
-    assert proc.returncode != 0 and "blocked by tests/_blockers.py" in proc.stderr
+    assert proc.returncode != 0 and "blocked by tests/support/blockers.py" in proc.stderr
     proc = run_python("import onnxruntime.capi", blocked=["onnxruntime"])
     assert "blocked" in proc.stderr
 
@@ -49,7 +50,7 @@ def test_client_overlay_and_command_import_without_heavy_packages():
     proc = run_python(IMPORTS_AND_BUILDS, blocked=NOT_IN_THIN_CLIENT)
     assert proc.returncode == 0, proc.stderr
     report = last_json_line(proc.stdout)
-    assert report["size"] > 3 * 8 * 8 * 2 and report["json_frames"] == 2
+    assert report["size"] > 3 * 8 * 8 * 2 and report["json_frames"] == 2 and report["decoded"] == [2, 8, 8]
     assert report["attempts"] == [] and report["loaded"] == []
 
 

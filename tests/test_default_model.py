@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from leakseg.training.synth import clip_plan, generate_clip
+from leakseg.synth import clip_plan, generate_clip
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "model_store" / "jvlgs-default"

@@ -10,7 +10,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from leakseg.cli import build_parser
-from leakseg.serving.server import read_properties
+from leakseg.serving.torchserve_process import read_properties
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from leakseg.synth import write_clip, write_dataset
 from leakseg.training.dataset import list_scenes, load_scene
-from leakseg.training.synth import write_clip, write_dataset
 
 
 @pytest.fixture(scope="module")

@@ -20,19 +20,34 @@ def _graph(archive, tmp_path):
     return manifest, folder, load_graph(str(folder / manifest.graph_file), manifest.format, "cpu")
 
 
-@pytest.mark.parametrize("fixture", ["onnx_archive", "torchscript_archive"])
-def test_exported_graph_equals_eager(fixture, request, authors_checkpoint, tmp_path):
-    manifest, _, graph = _graph(request.getfixturevalue(fixture), tmp_path)
-    model, _ = import_authors_checkpoint(authors_checkpoint)
-    # clips of lengths the trace never saw, batched together, with different prompts each
-    frames, text, neighbours = example_inputs(model, clip_lengths=(7, 3, 4), seed=5)
-    with torch.no_grad():
-        expected = model(frames, text, neighbours).numpy()
-    got = graph(frames.numpy(), text.numpy(), neighbours.numpy()).numpy()
-    assert got.shape == expected.shape == (14, 1, 352, 352)
-    assert np.abs(got - expected).max() < 1e-4
+#: The published post-processing each family's archive defaults to (docs/MODELS.md, "Post-processing").
+PUBLISHED_OPENING = {"jvlgs": 9, "fgstp": 0}
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_exported_graph_equals_eager(fmt, family, family_archive, family_checkpoint, tmp_path):
+    manifest, _, graph = _graph(family_archive(family, fmt), tmp_path)
+    assert manifest.config["model_type"] == family and manifest.postprocess.opening_kernel == PUBLISHED_OPENING[family]
     assert manifest.max_abs_logit_error < 1e-3
     assert manifest.graph_check["mask_iou"] >= 0.99 and manifest.graph_check["relative_error"] < 1e-4
+    model, _ = import_authors_checkpoint(family_checkpoint(family))
+    # clips of lengths the trace never saw, alone and batched together (with different prompts each)
+    for lengths in [(3,), (7, 4), (5, 3, 6), (7, 3, 4)]:
+        inputs = example_inputs(model, clip_lengths=lengths, seed=sum(lengths))
+        with torch.no_grad():
+            expected = model(*inputs).numpy()
+        named = dict(zip(model.input_names, (x.numpy() for x in inputs)))
+        got = graph(named["frames"], named.get("text"), named["neighbours"]).numpy()
+        assert got.shape == expected.shape == (sum(lengths), 1, 352, 352)
+        assert np.abs(got - expected).max() < 1e-4
+
+
+def test_export_refuses_prompts_for_a_family_without_text(promptless_family, family_checkpoint, tmp_path):
+    from leakseg.export.exporter import ExportOptions, export_archive
+
+    with pytest.raises(ValueError, match="takes no prompts"):
+        export_archive(ExportOptions(checkpoint=family_checkpoint(promptless_family), output_dir=tmp_path,
+                                     extra_prompts=["gas plume"]))
 
 
 def test_archive_contents(onnx_archive, authors_checkpoint):

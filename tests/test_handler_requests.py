@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from leakseg.schema import InputError
-from leakseg.serving.parse import ClipRequest, content_type, decode_frames, parse_request
+from leakseg.serving.parse import ClipRequest, content_type, decode_request_frames, parse_request
 from leakseg.io.frames import ClipLimits
 
 LIMITS = ClipLimits()
@@ -156,6 +156,36 @@ def test_query_parameters_are_refused_in_json_requests():
     assert (err.code.value, err.field) == ("invalid_body", "threshold")
 
 
+# --- counted before anything is decoded or validated --------------------------------------------
+
+
+@pytest.mark.parametrize("mime, parts", [
+    ("application/json", {"body": {"frames": ["!!! not base64 !!!"] * 5000}}),
+    ("multipart/form-data", {f"frame_{i}": {"sent": "as JSON"} for i in range(5000)}),
+], ids=["json_base64", "multipart_parts"])
+def test_frames_are_counted_before_any_is_decoded(mime, parts):
+    """5,000 frames are refused for their count, not after base64-decoding (or copying) every one of them."""
+    err = error_of(parse_request, parts, mime, ClipLimits(max_frames=32))
+    assert (err.code.value, err.status) == ("too_many_frames", 413) and "5000" in err.message
+
+
+@pytest.mark.parametrize("mime, parts", [
+    ("application/json", {"body": {"frames": [], "options": {f"option_{i}": i for i in range(200_000)}}}),
+    ("multipart/form-data", {"options": {f"option_{i}": i for i in range(200_000)}}),
+], ids=["json", "multipart"])
+def test_option_keys_are_counted_before_validation(mime, parts):
+    """pydantic builds one error per unknown key (200,000 keys: 0.7 s); more keys than options is refused first."""
+    err = error_of(parse_request, parts, mime)
+    assert (err.code.value, err.field) == ("invalid_options", "options") and "200000 keys" in err.message
+
+
+def test_as_many_option_keys_as_options_pass_to_validation():
+    from leakseg.schema import ClipOptions
+
+    options = {name: None for name in ClipOptions.model_fields}
+    assert parse_request({"body": {"options": options}}, "application/json").options == options
+
+
 # --- decoding ------------------------------------------------------------------------------------
 
 
@@ -164,7 +194,7 @@ def test_decoded_frames_equal_the_originals(pool):
     grey16 = (np.arange(48, dtype=np.uint16).reshape(6, 8) * 1000)
     rgb = np.random.default_rng(0).integers(0, 255, (6, 8, 3), dtype=np.uint8)
     request = ClipRequest(images=[("frame_0", png(FRAMES[0])), ("frame_1", png(grey16)), ("frame_2", png(rgb))])
-    frames, names = decode_frames(request, LIMITS, pool)
+    frames, names = decode_request_frames(request, LIMITS, pool)
     assert names == ["frame_0", "frame_1", "frame_2"]
     for got, want in zip(frames, [FRAMES[0], grey16, rgb]):
         assert got.dtype == want.dtype and np.array_equal(got, want)
@@ -172,20 +202,20 @@ def test_decoded_frames_equal_the_originals(pool):
 
 def test_too_many_frames_are_refused_before_decoding():
     request = ClipRequest(images=[(f"frame_{i}", b"not an image") for i in range(LIMITS.max_frames + 1)])
-    err = error_of(decode_frames, request, LIMITS)
+    err = error_of(decode_request_frames, request, LIMITS)
     assert (err.code.value, err.status) == ("too_many_frames", 413)
 
 
 def test_undecodable_frame_names_its_part():
     request = ClipRequest(images=[("frame_0", png(FRAMES[0])), ("frame_7", b"GIF89a garbage")])
-    err = error_of(decode_frames, request, LIMITS, ThreadPoolExecutor(2))
+    err = error_of(decode_request_frames, request, LIMITS, ThreadPoolExecutor(2))
     assert (err.code.value, err.field) == ("frame_decode_error", "frame_7") and "frame_7" in err.message
 
 
 @pytest.mark.parametrize("width, height", [(2049, 2048), (20000, 20000)])  # the second is a Pillow "bomb"
 def test_oversized_frames_are_refused_from_their_header(width, height):
     request = ClipRequest(images=[("frame_0", png_header_only(width, height))])
-    err = error_of(decode_frames, request, LIMITS)
+    err = error_of(decode_request_frames, request, LIMITS)
     assert (err.code.value, err.status, err.field) == ("frame_too_large", 413, "frame_0")
     assert str(LIMITS.max_frame_pixels) in err.message
 
@@ -195,7 +225,7 @@ def test_npy_and_npz_clips():
     buf = io.BytesIO()
     np.savez_compressed(buf, clip=clip)
     for data in (npy(clip), buf.getvalue()):
-        frames, names = decode_frames(ClipRequest(clip=data), LIMITS)
+        frames, names = decode_request_frames(ClipRequest(clip=data), LIMITS)
         assert names == ["clip[0]", "clip[1]", "clip[2]", "clip[3]"]
         assert np.array_equal(np.stack(frames), clip)
 
@@ -217,5 +247,5 @@ def header_only_npy(shape, dtype="<u1") -> bytes:
     (b"\x93NUMPY garbage", "frame_decode_error", 400),
 ])
 def test_bad_clips_are_refused_before_loading(data, code, status):
-    err = error_of(decode_frames, ClipRequest(clip=data), LIMITS)
+    err = error_of(decode_request_frames, ClipRequest(clip=data), LIMITS)
     assert (err.code.value, err.status, err.field) == (code, status, "clip")

@@ -1,6 +1,6 @@
 """Hardening (issue 15): bad input through a real TorchServe, faults, and what the service leaves behind.
 
-* every malformed request of tests/bad_requests.py (truncated and lying headers, decompression
+* every malformed request of tests/support/bad_requests.py (truncated and lying headers, decompression
   bombs, pickled .npy, every dtype and rank, zero and huge sizes, deep and huge JSON, huge part
   counts, invalid UTF-8, every option out of range, unknown and malicious model names, methods)
   gets its 4xx with a small JSON body, the worker keeps its pid, and a good request afterwards
@@ -10,13 +10,15 @@
 * the SDK loses no clip when the worker is SIGKILLed under a batch, nor across a restart of the
   whole service (``leakseg serve``'s start/stop);
 * ``leakseg export`` never touches ``$TMPDIR/NAME``; loading a .mar in process leaves no
-  ``leakseg-model-*`` folder behind;
-* (unit) the decoded-bytes budget is checked from headers, and the clip stretch that now works
-  in one buffer gives the same bytes as the plain formula.
+  ``leakseg-model-*`` folder behind.
+
+The unit checks of the readers themselves (limits from headers, the clip stretch) are in
+tests/test_frames.py.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -41,7 +43,7 @@ import support.bad_requests as bad
 from leakseg.client import LeakSegClient
 from leakseg.inference.manifest import MANIFEST_FILE, ArchiveManifest
 from leakseg.schema import ClipResult
-from leakseg.serving import server as serve
+from leakseg.serving import torchserve_process as serve
 from support.torchserve_fixture import loopback_overrides, with_model_config
 
 TIMEOUT = 300  # seconds per request: 2 shared cores, a busy machine
@@ -192,6 +194,41 @@ def test_deep_json_in_every_place_is_a_400_not_a_500(served):
         assert response.status_code == 400, response.text[:300]
         assert response.json()["error"]["field"] == field
         assert "nested too deep" in response.json()["error"]["message"]
+
+
+@pytest.mark.serve
+@pytest.mark.parametrize("form", ["multipart", "json"])
+def test_an_eps_frame_never_reaches_ghostscript(served, worker_pids_at_start, form):
+    """Pillow hands EPS to Ghostscript, and -dSAFER still lets PostScript write under the worker's temp folder
+    (the run folder's tmp/, where TorchServe unpacks the handler module every worker start imports)."""
+    target = served.server.run_dir / "tmp" / f"eps-{uuid.uuid4().hex}.txt"
+    files = [bad.eps_writing(str(target))] + [bad.png(f) for f in small_clip()[1:]]
+    wire = bad.multipart([(f"frame_{i}".encode(), b"f.png", b"image/png", data) for i, data in enumerate(files)]) \
+        if form == "multipart" else bad.json_wire(json.dumps({"frames": [base64.b64encode(f).decode()
+                                                                          for f in files]}).encode())
+    response = send(served, wire)
+    assert response.status_code == 400, response.text[:300]
+    assert response.json()["error"]["code"] == "frame_decode_error"
+    assert response.json()["error"]["field"] in ("frame_0", "frames[0]")
+    assert not target.exists()
+    assert served.server.worker_pids() == worker_pids_at_start
+
+
+@pytest.mark.serve
+@pytest.mark.parametrize("where", ["body", "prompts_part"])
+def test_wide_json_costs_the_worker_about_its_size_not_24_times(served, worker_pids_at_start, where):
+    """JSON of empty arrays costs Python some 24 times its size once parsed. TorchServe's worker parsed every
+    JSON body and part before the handler ran; now the handler gets the bytes and counts their structure first."""
+    wide = b"[" + b"[]," * 8_000_000 + b"[]]"  # 24 MB: 0.5 GB and more of lists once parsed
+    wire = bad.json_wire(wide) if where == "body" else bad.good_multipart(
+        small_clip(), [(b"prompts", b"p.json", b"application/json", wide)])
+    with bad.PeakRSS(worker_pids_at_start[0]) as rss:
+        before = rss.peak
+        response = send(served, wire)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_body", response.text[:300]
+    assert "brackets, braces, commas and colons" in response.json()["error"]["message"]
+    assert rss.peak - before < 4 * len(wide), (rss.peak - before) / len(wide)
+    assert served.server.worker_pids() == worker_pids_at_start
 
 
 @pytest.mark.serve
@@ -358,51 +395,3 @@ def test_loading_an_archive_in_process_leaves_nothing_behind(onnx_archive, tmp_p
         assert done.returncode == 0, done.stderr.decode()[-2000:]
     assert json.loads((tmp_path / "r.json").read_text())["clip"]["frames"] == 3
     assert sorted(p.name for p in private_tmp.iterdir() if p.name.startswith("leakseg-model-")) == []
-
-
-# --- the decoded-bytes budget and the stretch's memory (unit) ----------------------------------
-
-
-def test_decoded_bytes_budget_is_checked_from_the_header():
-    from leakseg.io.frames import MAX_CLIP_BYTES, ClipLimits, decode_clip_array
-    from leakseg.schema import ErrorCode, InputError
-
-    limits = ClipLimits()
-    assert limits.max_clip_bytes == MAX_CLIP_BYTES == 32 * 2048 * 2048 * 3 * 2  # the largest 16-bit RGB clip
-    with pytest.raises(InputError) as info:  # float32 RGB at the frame limits: 1.5 GiB announced, 64 bytes held
-        decode_clip_array(bad.npy_lying_header((32, 2048, 2048, 3), "<f4"), "clip", limits)
-    assert info.value.code == ErrorCode.TOO_MANY_FRAMES and info.value.status == 413
-    assert "at most 16 frames of this size and type" in info.value.message
-    with pytest.raises(InputError) as info:  # 16-bit RGB at the limits fits the budget: only its truncation is wrong
-        decode_clip_array(bad.npy_lying_header((32, 2048, 2048, 3), "<u2"), "clip", limits)
-    assert info.value.code == ErrorCode.FRAME_DECODE_ERROR
-    small = ClipLimits(max_clip_bytes=3 * 40 * 56)  # images: from their headers, before any pixel is decoded
-    frames = [(f"frame_{i}", bad.png(f)) for i, f in enumerate(small_clip(t=4))]
-    from leakseg.io.frames import decode_images
-
-    with pytest.raises(InputError, match="at most 3 frames of this size"):
-        decode_images(frames, small)
-    assert len(decode_images(frames[:3], small)) == 3
-
-
-def test_the_clip_stretch_in_one_buffer_gives_the_same_bytes():
-    """to_uint8_clip works in one float32 buffer (half the memory); the result is the plain formula's, bit for bit."""
-    from leakseg.io.frames import STRETCH_PERCENTILES, to_uint8_clip
-
-    def plain(frames):
-        stack = [f.astype(np.float32) for f in frames]
-        sample = np.concatenate([s.ravel() for s in stack])
-        sample = sample[np.isfinite(sample)]
-        lo, hi = np.percentile(sample, STRETCH_PERCENTILES) if sample.size else (0.0, 0.0)
-        scale = 255.0 / (hi - lo) if hi > lo else 0.0
-        return [np.clip(np.rint(np.nan_to_num((s - lo) * scale, nan=0.0, posinf=255.0, neginf=0.0)), 0, 255)
-                .astype(np.uint8) for s in stack]
-
-    rng = np.random.default_rng(5)
-    for trial in range(60):
-        dtype = (np.uint16, np.float32)[trial % 2]
-        shape = tuple(int(s) for s in rng.integers(1, 50, 2)) + (() if trial % 3 else (3,))
-        frames = [(rng.random(shape) * rng.choice([1, 1000, 65535])).astype(dtype) for _ in range(rng.integers(1, 6))]
-        if dtype == np.float32 and trial % 4 == 0:
-            frames[0].flat[0], frames[-1].flat[-1] = np.nan, np.inf
-        assert all(np.array_equal(a, b) for a, b in zip(plain(frames), to_uint8_clip(frames))), trial

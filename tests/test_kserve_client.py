@@ -17,11 +17,11 @@ from support.blockers import NOT_IN_THIN_CLIENT, run_python
 def server_side(body_bytes: bytes):
     from leakseg.inference.manifest import ClipLimits
     from leakseg.serving.oip import request_from_v2
-    from leakseg.serving.parse import decode_frames
+    from leakseg.serving.parse import decode_request_frames
 
     body = json.loads(body_bytes)
     request = request_from_v2(body["inputs"], body.get("parameters"))
-    frames, names = decode_frames(request, ClipLimits(), None)
+    frames, names = decode_request_frames(request, ClipLimits(), None)
     return request, np.stack(frames), names
 
 
@@ -106,3 +106,23 @@ def test_v2_client_needs_only_the_thin_client():
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report == {"doc": {"a": 1}, "attempts": [], "loaded": []}
+
+
+def test_key_files_the_client_and_leakseg_kserve_read(tmp_path, monkeypatch):
+    """One reader for both: a one-line file (a mounted Secret, `leakseg kserve --api-key-file`) or
+    TorchServe's key_file.json; the client sends what it finds as Authorization: Bearer."""
+    from leakseg.client import AuthError, LeakSegClient, read_inference_key
+
+    plain = tmp_path / "api-key"
+    plain.write_text("s3cr3t-Key_1\n")
+    torchserve = tmp_path / "key_file.json"
+    torchserve.write_text(json.dumps({"inference": {"key": "ts-key"}, "management": {"key": "m"}}))
+    assert read_inference_key(plain) == "s3cr3t-Key_1" and read_inference_key(torchserve) == "ts-key"
+    for bad in ("", "two words", "{}", '{"inference": "x"}'):
+        (tmp_path / "bad").write_text(bad)
+        with pytest.raises(AuthError):
+            read_inference_key(tmp_path / "bad")
+    monkeypatch.delenv("LEAKSEG_TOKEN", raising=False)
+    monkeypatch.setenv("LEAKSEG_KEY_FILE", str(plain))
+    client = LeakSegClient("http://h:1", protocol="v2", model="m")
+    assert client._token == "s3cr3t-Key_1" and "s3cr3t" not in repr(client)

@@ -160,7 +160,7 @@ def test_servingruntime_starts_torchserve_exactly_like_kserves_runtime():
     assert parsed.start and parsed.model_store == "/mnt/models/model-store"
     assert parsed.ts_config == "/mnt/models/config/config.properties"
     # ... and the layout `leakseg export --kserve` writes has exactly these two paths under /mnt/models.
-    from leakseg.export.kserve import CONFIG_REL, MOUNT, STORE_REL
+    from leakseg.export.kserve_layout import CONFIG_REL, MOUNT, STORE_REL
 
     assert parsed.ts_config == f"{MOUNT}/{CONFIG_REL}" and parsed.model_store == f"{MOUNT}/{STORE_REL}"
     env = {e["name"]: e["value"] for e in container["env"]}
@@ -180,6 +180,13 @@ def test_custom_predictor_command_is_leakseg_kserve():
     assert str(parsed.archive).startswith("/mnt/models/")  # where the storage initializer puts STORAGE_URI
     readiness = container["readinessProbe"]["httpGet"]["path"]
     assert readiness == f"/v2/models/{parsed.name}/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    # The API key: a Secret mounted where --api-key-file reads it (0.0.0.0 without a key refuses to start).
+    assert parsed.api_key_file and not parsed.no_api_key
+    (mount,) = [m for m in container["volumeMounts"] if str(parsed.api_key_file).startswith(m["mountPath"] + "/")]
+    (volume,) = [v for v in doc["spec"]["predictor"]["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] and mount["readOnly"]
+    assert volume["secret"]["defaultMode"] & 0o004  # readable by uid 1000, the image's user
 
 
 def test_dockerfile_kserve_lints_and_runs_what_the_manifests_name():
@@ -194,4 +201,6 @@ def test_dockerfile_kserve_lints_and_runs_what_the_manifests_name():
     cmd = json.loads(re.search(r'^CMD (\[.*?\])$', text.replace("\\\n", ""), re.M | re.S).group(1))
     from leakseg.cli import build_parser
 
-    assert build_parser().parse_args(cmd[1:]).command == "kserve"
+    parsed = build_parser().parse_args(cmd[1:])
+    assert parsed.command == "kserve" and parsed.host == "0.0.0.0"
+    assert str(parsed.api_key_file) == "/var/run/secrets/leakseg/api-key"  # the key is on by default in the image

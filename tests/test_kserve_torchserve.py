@@ -27,7 +27,7 @@ MODEL = "tiny"
 
 @pytest.fixture(scope="module")
 def layout(onnx_archive, tmp_path_factory):
-    from leakseg.export.kserve import write_kserve_layout
+    from leakseg.export.kserve_layout import write_kserve_layout
 
     return write_kserve_layout(onnx_archive, tmp_path_factory.mktemp("kserve_storage"))
 
@@ -42,7 +42,7 @@ def ts_kserve(layout, tmp_path_factory):
 
 
 def test_layout_is_what_kserves_torchserve_runtime_reads(layout, onnx_archive):
-    from leakseg.serving.server import read_properties
+    from leakseg.serving.torchserve_process import read_properties
 
     assert (layout / "model-store" / "tiny.mar").read_bytes() == onnx_archive.read_bytes()
     assert (layout / "config" / "metrics.yaml").is_file()
@@ -143,3 +143,16 @@ def test_client_v2_against_torchserve_runtime(ts_kserve, predictor, tmp_path):
         same_as_predictor(json.loads(client.segment(pngs).model_dump_json()),
                           predictor.predict(list(clip(np.uint8, seed=24))))
     assert not any(ip not in ("127.0.0.1", "::ffff:127.0.0.1") for ip, _ in listening_addresses(ts_kserve.process.proc.pid))
+
+
+def test_v2_envelope_refuses_nested_parameters_with_400(ts_kserve):
+    """Deeply nested prompts/options on the envelope's input: the handler's 400, not a RecursionError's 500."""
+    url = f"{ts_kserve.inference_url}/v2/models/{MODEL}/infer"
+    arr = clip(np.uint8, seed=25)
+    nested = {"prompts": "[" * 50_000 + "]" * 50_000, "options": '{"a":' * 50_000 + "1" + "}" * 50_000,
+              "threshold": [[[0.5]]]}
+    for name, value in nested.items():
+        refused = requests.post(url, json=tensor_body(arr, input_parameters={name: value}), timeout=60)
+        assert refused.status_code == 400, (name, refused.status_code, refused.text[:300])
+        (output,) = refused.json()["outputs"]
+        assert json.loads(output["data"][0])["error"]["code"] in ("invalid_body", "invalid_options"), name

@@ -1,7 +1,11 @@
-"""Shapes of each part of the network, the triplet rule, and one encoder pass per frame."""
+"""Shapes of each part of the network, the triplet rule, one encoder pass per frame in every family, the
+family registry, and FGSTP's masks against an independent write-up of its published forward."""
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from PIL import Image
 
 from support.models import small_model
 from leakseg.model import triplet_neighbours
@@ -15,9 +19,20 @@ S = 352
 SCALES = [(S // 8, S // 8), (S // 16, S // 16), (S // 32, S // 32)]  # 44, 22, 11
 
 
+#: How many maps each family's decoder gives per neighbour, coarse to fine: FPN d; SINet-V2 S_g, S_5, S_4, S_3.
+DECODER_MAPS = {"jvlgs": 1, "fgstp": 4}
+
+
 @pytest.fixture(scope="module")
-def model():
-    return small_model()
+def model(family):
+    return small_model(family=family)
+
+
+def _text(model, n, generator=None):
+    """The text input of a family that takes prompts ((N, D, P), one clip's matrix); none otherwise."""
+    if "text" not in model.input_names:
+        return ()
+    return (torch.randn(1, model.config.text_dim, model.config.prompt_count, generator=generator).expand(n, -1, -1),)
 
 
 def test_encoder_gives_three_32_channel_maps_at_strides_8_16_32():
@@ -52,7 +67,7 @@ def test_vlf_is_a_32x32_map_per_prompt_list():
     x, text = torch.randn(2, 32, 11, 11), torch.randn(2, 512, 4)
     y = vlf(x, text)
     assert y.shape == x.shape
-    # Linear in x with the matrix fmap_proj @ E^T @ visual_proj, as REFERENCE.md says.
+    # Linear in x with the matrix fmap_proj @ E^T @ visual_proj (docs/MODELS.md, "Text and VLF").
     m = vlf.fmap_proj.weight @ text[0].T @ vlf.visual_proj.weight
     assert torch.allclose(y[0], torch.einsum("ij,jhw->ihw", m, x[0]), atol=1e-3, rtol=1e-4)
 
@@ -85,17 +100,18 @@ def test_triplet_rule():
         triplet_neighbours(2)
 
 
-def test_clip_forward_equals_research_triplets(model):
-    """Every frame's logits equal the research code's triplet forward on (t, n1, n2)."""
+def test_clip_forward_equals_research_triplets(model, family):
+    """Every frame's logits equal the research code's triplet forward on (t, n1, n2), in every family."""
     g = torch.Generator().manual_seed(0)
     frames = torch.randn(5, 3, S, S, generator=g)
-    text = torch.randn(1, model.config.text_dim, 4, generator=g).expand(5, -1, -1)
+    text = _text(model, 5, g)
     pairs = triplet_neighbours(5)
     with torch.no_grad():
-        clip = model(frames, text, torch.tensor(pairs))
+        clip = model(frames, *text, torch.tensor(pairs))
         triplets = torch.stack([frames[[t, a, b]] for t, (a, b) in enumerate(pairs)])
-        research, d1, d2 = model.forward_triplet(triplets, text)
-    assert d1.shape == d2.shape == research.shape == (5, 1, S, S)
+        research, maps1, maps2 = model.forward_triplet(triplets, *text)
+    assert len(maps1) == len(maps2) == DECODER_MAPS[family]
+    assert all(m.shape == research.shape == (5, 1, S, S) for m in maps1 + maps2)
     assert torch.allclose(clip, research, atol=1e-5)
 
 
@@ -104,13 +120,87 @@ def test_encoder_runs_once_per_frame(model):
     seen = []
     hook = model.encoder.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
     try:
-        frames = torch.randn(6, 3, S, S)
-        text = torch.randn(6, model.config.text_dim, 4)
+        frames = torch.randn(5, 3, 256, 256)
+        text = _text(model, 5)
         with torch.no_grad():
-            model(frames, text, torch.tensor(triplet_neighbours(6)))
-            assert seen == [6]
+            model(frames, *text, torch.tensor(triplet_neighbours(5)))
+            assert seen == [5]
             seen.clear()
-            model.forward_triplet(torch.stack([frames[[0, 1, 2]]]), text[:1])
-            assert sum(seen) == 3
+            model.forward_triplet(torch.stack([frames[[0, 1, 2]]]), *(t[:1] for t in text))
+            assert seen == [1, 1, 1]
+            seen.clear()
+            model.forward_maps(frames, *text, torch.tensor(triplet_neighbours(5)))
+            assert seen == [5]
     finally:
         hook.remove()
+
+
+# --- the family registry ----------------------------------------------------------------------------------
+
+def test_the_registry_knows_each_family_and_refuses_others():
+    from leakseg.model import FAMILIES, FGSTP, JVLGS, ModelFamily, build_model, config_from_dict, family_names
+    from leakseg.model import get_family, register_family
+    from leakseg.model.fgstp import FGSTPConfig
+
+    assert FAMILIES == family_names() == ("jvlgs", "fgstp")  # the default, JVLGS, first
+    assert (get_family("jvlgs").model_class, get_family("fgstp").model_class) == (JVLGS, FGSTP)
+    assert get_family("jvlgs").takes_prompts and not get_family("fgstp").takes_prompts
+    with pytest.raises(ValueError, match=r"unknown model family 'unet'; leakseg knows \['jvlgs', 'fgstp'\]"):
+        get_family("unet")
+    with pytest.raises(ValueError, match="unknown model family 'unet'"):
+        build_model("pvt_v2_b0", "unet")
+    with pytest.raises(ValueError, match="unknown model_type 'unet'"):
+        config_from_dict({"model_type": "unet", "backbone": "pvt_v2_b0"})
+    with pytest.raises(ValueError, match="registered twice"):
+        register_family(ModelFamily(name="fgstp", config_class=FGSTPConfig, model_class=FGSTP))
+    with pytest.raises(ValueError, match="model_type 'fgstp'"):  # a spec whose config says another family
+        ModelFamily(name="unet", config_class=FGSTPConfig, model_class=FGSTP)
+
+
+def test_every_family_round_trips_config_and_model(family):
+    from leakseg.model import build_model, config_from_dict, get_family
+
+    spec = get_family(family)
+    model = build_model("pvt_v2_b0", family)
+    assert isinstance(model, spec.model_class) and isinstance(model.config, spec.config_class)
+    assert model.family == model.config.model_type == family and not model.training
+    config = config_from_dict(model.config.to_dict())
+    assert config == model.config
+    assert config_from_dict({k: v for k, v in config.to_dict().items() if k != "model_type"}).model_type == "jvlgs"
+
+
+# --- FGSTP: masks equal an independent write-up of the published forward ---------------------------------
+
+def _noisy_clip(seed, t=6, h=72, w=96):
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, (h, w)).astype(np.float32)
+    return [np.clip(base + rng.normal(0, 25, (h, w)), 0, 255).astype(np.uint8) for _ in range(t)]
+
+
+def test_fgstp_masks_equal_the_published_forward(family_archive, family_checkpoint):
+    """Frames 0..T-3 (those the research code predicts): the archive's masks equal the write-up's,
+    post-processed as FGSTP's test script does (resize, sigmoid, min-max, > 0.5, no opening)."""
+    from support.fgstp_reference import published_forward
+    from leakseg.inference.predictor import Predictor
+    from leakseg.model.checkpoint import import_authors_checkpoint, read_torch_checkpoint
+
+    checkpoint = family_checkpoint("fgstp")
+    model, _ = import_authors_checkpoint(checkpoint)
+    sd = read_torch_checkpoint(checkpoint)
+    predictor = Predictor.from_archive(family_archive("fgstp"), device="cpu")
+    assert predictor.defaults.opening_kernel == 0 and predictor.defaults.normalization == "minmax"
+    frames = _noisy_clip(0)
+    result = predictor.predict(frames)
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    x = [(np.asarray(Image.fromarray(f).convert("RGB").resize((352, 352), Image.BILINEAR)) / 255.0 - mean) / std
+         for f in frames]
+    x = torch.tensor(np.stack(x).transpose(0, 3, 1, 2), dtype=torch.float32)
+    expected = []
+    for t in range(len(frames) - 2):
+        logits = published_forward(model, sd, x[t:t + 1], x[t + 1:t + 2], x[t + 2:t + 3])
+        p = torch.sigmoid(F.interpolate(logits, size=frames[0].shape, mode="bilinear", align_corners=False))[0, 0]
+        expected.append(((p - p.min()) / (p.max() - p.min() + 1e-8)).numpy() > 0.5)
+    expected = np.stack(expected)
+    assert expected.any() and not expected.all()
+    assert np.array_equal(result.masks()[: len(frames) - 2], expected)
+    assert result.model.family == "fgstp" and result.model.prompts == []

@@ -131,3 +131,38 @@ def test_an_output_that_cannot_start_is_exit_1_with_the_reason(tmp_path):
     assert "cannot start the modbus output" in out.stderr
     lines = (tmp_path / "events.jsonl").read_text().splitlines()
     assert '"monitor_stopped"' in lines[-1]  # the log that had started was closed properly
+
+
+def test_check_says_which_cameras_are_replays_analysed_completely(tmp_path):
+    """`realtime: false` on a drop folder (or its END file already there) makes a replay: --check says so."""
+    live, replay, ended = (tmp_path / name for name in ("live", "replay", "ended"))
+    for folder in (live, replay, ended):
+        folder.mkdir()
+    (ended / "END").touch()
+    data = base(tmp_path)
+    data["cameras"] = [{"name": "live", "source": str(live)},
+                       {"name": "replay", "source": str(replay), "realtime": False},
+                       {"name": "ended", "source": str(ended)}]
+    out = subprocess.run([sys.executable, "-m", "leakseg.cli", "monitor", "--check", str(write(tmp_path, data))],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    rows = {line.split(":")[0].strip(): line for line in out.stdout.splitlines()[1:4]}
+    assert "drops nothing" not in rows["live"]
+    assert "a replay: waits for the service, drops nothing" in rows["replay"] and "drops nothing" in rows["ended"]
+
+
+def test_check_refuses_an_opcua_user_whose_password_variable_is_set_but_empty(tmp_path):
+    """An empty password would let anyone who knows the user name log in: `--check` says so (exit 2), as
+    the sink refuses to start; with the variable set to a password the same file passes."""
+    import os
+
+    data = base(tmp_path)
+    data["sinks"] = {"opcua": {"users": [{"name": "operator", "password_env": "LEAKSEG_TEST_OPCUA_PW"}]}}
+    path = write(tmp_path, data)
+    command = [sys.executable, "-m", "leakseg.cli", "monitor", "--check", str(path)]
+    empty = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "LEAKSEG_TEST_OPCUA_PW": ""})
+    assert empty.returncode == 2 and "'operator': its password variable is set but empty" in empty.stderr
+    good = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "LEAKSEG_TEST_OPCUA_PW": "s3cret"})
+    assert good.returncode == 0, good.stderr

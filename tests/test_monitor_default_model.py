@@ -24,7 +24,8 @@ import pytest
 from PIL import Image
 
 from leakseg.monitor.config import parse_config
-from leakseg.monitor.runner import Monitor, ServiceSegmenter
+from leakseg.monitor.runner import Monitor
+from leakseg.monitor.segmenters import ServiceSegmenter
 from leakseg.monitor.sinks import build_sinks
 from support.monitor_media import leak_and_twin, recording_camera, write_video
 from support.torchserve_fixture import serve_archive

@@ -24,7 +24,8 @@ from PIL import Image
 
 from leakseg.monitor.alarm import AlarmLogic, Observation
 from leakseg.monitor.config import AlarmSettings, parse_config
-from leakseg.monitor.runner import ArchiveSegmenter, Monitor, ServiceSegmenter
+from leakseg.monitor.runner import Monitor
+from leakseg.monitor.segmenters import ArchiveSegmenter, ServiceSegmenter
 from leakseg.monitor.sinks import build_sinks
 from leakseg.monitor.windows import Frame, WindowBuilder
 from support.monitor_fixtures import free_port
@@ -190,7 +191,7 @@ def test_in_process_archive_mode_matches_and_writes_evidence(onnx_archive, predi
     assert any((tmp_path / "evidence").glob("*/window-*.gif"))
 
 
-def test_sigterm_finishes_the_clips_in_flight_publishes_offline_and_exits_0(onnx_archive, tmp_path):
+def test_sigterm_publishes_offline_and_exits_0(onnx_archive, tmp_path):
     frames = sequence(40, plume_frames=range(10, 30))
     path = write_video(tmp_path / "live.mkv", frames, fps=10)
     cfg_path = tmp_path / "monitor.yaml"
@@ -219,7 +220,7 @@ def test_sigterm_finishes_the_clips_in_flight_publishes_offline_and_exits_0(onnx
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, err[-2000:]
-    assert "SIGTERM: finishing the clips in flight" in err
+    assert "SIGTERM: publishing OFFLINE, then stopping within 8 s" in err
     lines = [json.loads(x) for x in log.read_text().splitlines()]
     assert lines[-1]["type"] == "monitor_stopped"
     assert [e["state"] for e in lines if e["type"] == "state_changed"][-1] == "OFFLINE"

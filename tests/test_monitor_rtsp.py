@@ -7,7 +7,8 @@ import threading
 import time
 
 from leakseg.monitor.config import parse_config
-from leakseg.monitor.runner import ArchiveSegmenter, Monitor
+from leakseg.monitor.runner import Monitor
+from leakseg.monitor.segmenters import ArchiveSegmenter
 from leakseg.monitor.sinks import build_sinks
 from support.monitor_fixtures import rtsp_server  # noqa: F401  (fixture)
 

@@ -1,7 +1,8 @@
-"""The monitor's SCADA outputs with real clients: asyncua (OPC UA), pymodbus (Modbus TCP), paho + mosquitto (MQTT).
+"""The monitor's SCADA outputs with real clients: asyncua (OPC UA), pymodbus (Modbus TCP), paho + mosquitto (MQTT),
+and the JSON lines log on disk.
 
-The monitor runs for real (its loop, its sinks, folder sources on empty folders); the test feeds the
-alarm logic per-frame observations, as the service's answers would, and reads what SCADA sees.
+Each test runs the monitor for real (its loop, one sink, folder sources on empty folders) and feeds the
+alarm logic per-frame observations, as the service's answers would; then it reads what SCADA sees.
 """
 
 from __future__ import annotations
@@ -13,216 +14,138 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import asynccontextmanager
 
 import pytest
 
 from leakseg.monitor.alarm import Observation
-from leakseg.monitor.config import parse_config
-from leakseg.monitor.runner import Monitor, Segmenter
-from leakseg.monitor.sinks import build_sinks
-from support.monitor_fixtures import MqttRecorder, free_port, mosquitto, retained  # noqa: F401
+from support.monitor_fixtures import (FRAME_PIXELS, MqttRecorder, NoModel, feed, free_port,  # noqa: F401
+                                      mosquitto, retained, run_monitor, two_cameras, until)
 
 PASSWORD_ENV = "LEAKSEG_TEST_OPCUA_PASSWORD"
+PASSWORD = "s3cret-operator"
+
+# What cam-a goes through in :func:`leak_story`, as (event type, alarm kind), the monitor's stop included.
+LEAK_STORY = [("alarm_raised", "LEAK"), ("state_changed", None), ("alarm_acknowledged", "LEAK"),
+              ("alarm_cleared", "LEAK"), ("state_changed", None), ("state_changed", None)]
 
 
-class NoModel(Segmenter):
-    name = "no model (the test feeds observations)"
-
-    def segment(self, clip, prompts, options):  # pragma: no cover - the folders stay empty
-        raise AssertionError("not called")
-
-
-def config(tmp_path, broker_port, opc_port, modbus_port, **opcua):
-    for name in ("cam-a", "cam-b"):
-        (tmp_path / name).mkdir()
-    return parse_config({
-        "cameras": [{"name": "cam-a", "source": str(tmp_path / "cam-a"), "faults": {"stale_seconds": 3600},
-                     "alarm": {"min_area_pixels": 100, "k": 2, "n": 3, "clear_frames": 2}},
-                    {"name": "cam-b", "source": str(tmp_path / "cam-b"), "faults": {"stale_seconds": 3600}}],
-        "evidence_dir": str(tmp_path / "evidence"),
-        "status_interval": 0.2,
-        "sinks": {
-            "jsonl": {"path": str(tmp_path / "events.jsonl")},
-            "mqtt": {"port": broker_port, "topic_prefix": "plant1", "client_id": "monitor-under-test"},
-            "opcua": {"endpoint": f"opc.tcp://127.0.0.1:{opc_port}/leakseg",
-                      "users": [{"name": "operator", "password_env": PASSWORD_ENV}], **opcua},
-            "modbus": {"host": "127.0.0.1", "port": modbus_port, "heartbeat_seconds": 0.2},
-        },
-    })
+def raise_leak(monitor) -> str:
+    """cam-a sees a plume in 2 of its last 3 frames: LEAK at the 4th frame. Returns the alarm's id."""
+    feed(monitor, "cam-a", [0, 500, 0, 900])
+    return monitor.cameras["cam-a"].logic.leak.id
 
 
-def feed(monitor, camera, areas, start_seq=0):
-    cam = monitor.cameras[camera]
-    for i, area in enumerate(areas, start_seq):
-        o = Observation(seq=i, time=time.time(), area_pixels=area, area_fraction=area / 76800, score=0.8 if area else 0.1,
-                        bbox=(10, 20, 30, 40) if area else None, centroid=(25.0, 40.0) if area else None)
-        monitor.emit(cam.logic.observe(o))
-        cam.last_result = {"area_pixels": area, "area_fraction": area / 76800, "score": o.score,
-                           "centroid_x": 25.0 if area else None, "centroid_y": 40.0 if area else None}
-        monitor.publish_state(camera)
+def leak_story(monitor) -> None:
+    """cam-a: LEAK raised, acknowledged as from the OPC UA method, cleared after 2 clear frames."""
+    leak_id = raise_leak(monitor)
+    assert monitor.acknowledge("cam-a", leak_id, by="opcua", comment="crew sent") == 1
+    feed(monitor, "cam-a", [0, 0], start_seq=4)
 
 
-class Events:
-    def __init__(self):
-        self.items = []
-
-    def event_notification(self, event):
-        self.items.append(event)
+def story_of(events):
+    return [(e["type"], (e["alarm"] or {}).get("kind")) for e in events]
 
 
-async def until(predicate, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+# -- JSON lines ---------------------------------------------------------------------------------------
 
 
-def test_opcua_mqtt_modbus_and_jsonl_see_the_alarm_and_acknowledge_it(tmp_path, mosquitto, monkeypatch):
-    from asyncua import Client, ua
-    from pymodbus.client import AsyncModbusTcpClient
+def test_jsonl_log_has_every_event_in_order_between_started_and_stopped(tmp_path):
+    async def scenario(monitor):
+        leak_story(monitor)
 
-    monkeypatch.setenv(PASSWORD_ENV, "s3cret-operator")
-    opc_port, modbus_port = free_port(), free_port()
-    cfg = config(tmp_path, mosquitto.port, opc_port, modbus_port)
-    monitor = Monitor(cfg, NoModel(), build_sinks(cfg), status_table=False)
+    run_monitor(two_cameras(tmp_path, jsonl={"path": str(tmp_path / "events.jsonl")}), scenario)
+
+    lines = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert lines[0]["type"] == "monitor_started" and lines[-1]["type"] == "monitor_stopped"
+    assert [(e["type"], e["camera"]) for e in lines[1:-1] if e["camera"] == "cam-a"] == \
+        [(t, "cam-a") for t, _ in LEAK_STORY]
+
+
+def test_jsonl_log_rotates_and_keeps_backups(tmp_path):
+    from leakseg.monitor.alarm import AlarmLogic
+    from leakseg.monitor.config import AlarmSettings, JsonlSink
+    from leakseg.monitor.sinks.jsonl import JsonlLog
+
+    class M:
+        cameras = {"c": None}
+
+    log = JsonlLog(JsonlSink(path=tmp_path / "ev.jsonl", max_bytes=2000, backups=2))
+    logic = AlarmLogic("c", AlarmSettings(k=1, n=1, clear_frames=1, min_area_pixels=1))
+
+    async def run():
+        await log.start(M())
+        for i in range(40):
+            for e in logic.observe(Observation(i, 1e9 + i, 10 * (i % 2), 0.001, 0.5)):
+                await log.publish_event(e)
+        await log.stop()
+
+    asyncio.run(run())
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["ev.jsonl", "ev.jsonl.1", "ev.jsonl.2"]
+    for p in tmp_path.iterdir():
+        assert p.stat().st_size <= 2000
+        for line in p.read_text().splitlines():
+            json.loads(line)  # every line whole
+    newest = [json.loads(x) for x in (tmp_path / "ev.jsonl").read_text().splitlines()]
+    assert newest[-1]["type"] == "monitor_stopped"
+
+
+# -- MQTT -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mqtt_recorder(mosquitto):
+    """Subscribed to plant1/# before the monitor connects, so it sees the first ``online`` too."""
     recorder = MqttRecorder(mosquitto.port, "plant1")
-    endpoint = f"opc.tcp://127.0.0.1:{opc_port}/leakseg"
-
-    async def scenario():
-        task = asyncio.create_task(monitor.run_async())
-        await until(lambda: monitor.started.is_set() or task.done(), timeout=180, what="monitor start")
-        assert not task.done(), task.exception()
-        async with Client(endpoint) as anonymous:
-            idx = await anonymous.get_namespace_index("urn:leakseg:monitor")
-            cam = await anonymous.nodes.objects.get_child([f"{idx}:LeakSeg", f"{idx}:cam-a"])
-            var = {n: await cam.get_child(f"{idx}:{n}") for n in
-                   ("State", "StateCode", "LeakActive", "LeakAreaPixels", "LeakAreaFraction", "HighestScore",
-                    "CentroidX", "CentroidY", "FramesAnalysed", "WindowsDropped", "CameraHealthy", "ServiceHealthy",
-                    "AlarmId", "AlarmAcknowledged", "LastFrameTime", "FaultReason")}
-            assert await var["State"].read_value() == "NORMAL"
-            etype = await anonymous.nodes.root.get_child(
-                ["0:Types", "0:EventTypes", "0:BaseEventType", "0:ConditionType", "0:AcknowledgeableConditionType",
-                 "0:AlarmConditionType", f"{idx}:LeakSegAlarmType"])
-            events = Events()
-            sub = await anonymous.create_subscription(50, events)
-            await sub.subscribe_events(cam, etype)
-            modbus = AsyncModbusTcpClient("127.0.0.1", port=modbus_port)
-            await modbus.connect()
-
-            feed(monitor, "cam-a", [0, 500, 0, 900])  # 2 of the last 3 -> LEAK at the 4th frame
-            await until(lambda: events.items, what="the LEAK event")
-            leak = events.items[0]
-            assert leak.ConditionName == "LEAK" and leak.Transition == "raised" and leak.Severity == 900
-            assert leak.AlarmId.startswith("cam-a-LEAK-") and leak.SourceName == "cam-a"
-            assert leak.Message.Text.startswith("LEAK raised") and leak.AreaPixels == 900 and leak.CentroidX == 25.0
-            assert (await until(lambda: _read(var["State"]), what="State") == "LEAK")
-            await until(lambda: _is(var["LeakAreaPixels"], 900), what="LeakAreaPixels")
-            assert await var["LeakActive"].read_value() is True
-            assert await var["StateCode"].read_value() == 1
-            assert await var["AlarmId"].read_value() == leak.AlarmId
-            assert await var["AlarmAcknowledged"].read_value() is False
-            assert await var["FramesAnalysed"].read_value() == 4
-            assert abs(await var["LeakAreaFraction"].read_value() - 900 / 76800) < 1e-9
-            assert await var["CameraHealthy"].read_value() is True
-
-            # Modbus: camera a at base 0, camera b at base 16; read-only; heartbeat moves
-            regs = (await modbus.read_holding_registers(0, count=16, device_id=1)).registers
-            assert regs[0:4] == [1, 1, round(1000 * 900 / 76800), 800]
-            assert regs[5:7] == [4, 0] and regs[8:11] == [1, 1, 0] and regs[11:14] == [900, 25, 40] and regs[14] == 1
-            regs_b = (await modbus.read_input_registers(16, count=16, device_id=1)).registers
-            assert regs_b[0:2] == [0, 0] and regs_b[12:14] == [65535, 65535]
-            beat = regs[4]
-            await asyncio.sleep(0.6)
-            assert (await modbus.read_input_registers(4, count=1, device_id=1)).registers[0] > beat
-            refused = await modbus.write_register(0, 0, device_id=1)
-            assert refused.isError()
-            assert (await modbus.read_holding_registers(0, count=1, device_id=1)).registers[0] == 1
-
-            # anonymous: reads, never writes, may not acknowledge
-            with pytest.raises(ua.UaError):
-                await var["State"].write_value("NORMAL")
-            with pytest.raises(ua.UaError):
-                await cam.call_method(f"{idx}:Acknowledge", leak.AlarmId, "anonymous try")
-            assert monitor.cameras["cam-a"].logic.leak.acknowledged is False
-
-        # the operator logs in and acknowledges from the HMI
-        operator = Client(endpoint)
-        operator.set_user("operator")
-        operator.set_password("s3cret-operator")
-        async with operator:
-            cam = await operator.nodes.objects.get_child([f"{idx}:LeakSeg", f"{idx}:cam-a"])
-            with pytest.raises(ua.UaError):
-                await (await cam.get_child(f"{idx}:State")).write_value("NORMAL")
-            count = await cam.call_method(f"{idx}:Acknowledge", leak.AlarmId, "crew sent")
-            assert count == 1
-            await until(var_ack(cam, idx), what="AlarmAcknowledged")
-        bad = Client(endpoint)
-        bad.set_user("operator")
-        bad.set_password("wrong")
-        with pytest.raises(Exception):
-            async with bad:
-                pass
-
-        # the leak stops: cleared after 2 clear frames; the camera B loses its stream; MQTT acknowledges that
-        feed(monitor, "cam-a", [0, 0], start_seq=4)
-        monitor.emit(monitor.cameras["cam-b"].logic.camera_failed("lost: connection refused"))
-        fault = await asyncio.to_thread(
-            recorder.wait_for, lambda m: m[0] == "plant1/cam-b/event" and '"alarm_raised"' in m[1])
-        fault_id = json.loads(fault[0][1])["alarm"]["id"]
-        await asyncio.to_thread(recorder.publish, "plant1/cam-b/ack",
-                                json.dumps({"alarm_id": fault_id, "by": "night shift"}))
-        await asyncio.to_thread(
-            recorder.wait_for, lambda m: m[0] == "plant1/cam-b/event" and '"alarm_acknowledged"' in m[1])
-        await asyncio.sleep(0.3)
-        regs_b = (await modbus.read_input_registers(16, count=16, device_id=1)).registers
-        assert regs_b[0] == 2 and regs_b[8] == 0  # CAMERA_FAULT, camera unhealthy
-        modbus.close()
-
-        monitor.request_stop()
-        assert await asyncio.wait_for(task, 30) == 0
-
     try:
-        asyncio.run(scenario())
+        yield recorder
     finally:
         recorder.close()
 
-    # MQTT: the whole story on the event topic, a retained OFFLINE state, the status went offline
-    events_a = [json.loads(p) for p in recorder.on("plant1/cam-a/event")]
-    kinds = [(e["type"], (e["alarm"] or {}).get("kind")) for e in events_a]
-    assert kinds == [("alarm_raised", "LEAK"), ("state_changed", None), ("alarm_acknowledged", "LEAK"),
-                     ("alarm_cleared", "LEAK"), ("state_changed", None), ("state_changed", None)]
+
+def mqtt_config(tmp_path, broker):
+    return two_cameras(tmp_path, mqtt={"port": broker.port, "topic_prefix": "plant1",
+                                       "client_id": "monitor-under-test"})
+
+
+async def mqtt_online(recorder):
+    """Publications before the connection would be lost; the monitor says ``online`` once connected."""
+    await asyncio.to_thread(recorder.wait_for, lambda m: m[0] == "plant1/status" and m[1] == "online")
+
+
+def test_mqtt_publishes_the_alarm_story_and_a_retained_offline_state(tmp_path, mosquitto, mqtt_recorder):
+    async def scenario(monitor):
+        await mqtt_online(mqtt_recorder)
+        leak_story(monitor)
+
+    run_monitor(mqtt_config(tmp_path, mosquitto), scenario)
+
+    events_a = [json.loads(p) for p in mqtt_recorder.on("plant1/cam-a/event")]
+    assert story_of(events_a) == LEAK_STORY
     assert events_a[2]["alarm"]["acknowledged_by"] == "opcua" and events_a[2]["alarm"]["comment"] == "crew sent"
     assert events_a[-1]["state"] == "OFFLINE"
     assert json.loads(retained(mosquitto.port, "plant1/cam-a/state"))["state"] == "OFFLINE"
     assert retained(mosquitto.port, "plant1/status") == "offline"
-    assert recorder.on("plant1/status")[0] == "online"
-    ack_b = [json.loads(p) for p in recorder.on("plant1/cam-b/event") if '"alarm_acknowledged"' in p][0]
+    assert mqtt_recorder.on("plant1/status")[0] == "online"
+
+
+def test_mqtt_ack_topic_acknowledges_the_alarm(tmp_path, mosquitto, mqtt_recorder):
+    async def scenario(monitor):
+        await mqtt_online(mqtt_recorder)
+        monitor.emit(monitor.cameras["cam-b"].logic.camera_failed("lost: connection refused"))
+        fault = await asyncio.to_thread(
+            mqtt_recorder.wait_for, lambda m: m[0] == "plant1/cam-b/event" and '"alarm_raised"' in m[1])
+        fault_id = json.loads(fault[0][1])["alarm"]["id"]
+        await asyncio.to_thread(mqtt_recorder.publish, "plant1/cam-b/ack",
+                                json.dumps({"alarm_id": fault_id, "by": "night shift"}))
+        await asyncio.to_thread(
+            mqtt_recorder.wait_for, lambda m: m[0] == "plant1/cam-b/event" and '"alarm_acknowledged"' in m[1])
+
+    run_monitor(mqtt_config(tmp_path, mosquitto), scenario)
+
+    ack_b = [json.loads(p) for p in mqtt_recorder.on("plant1/cam-b/event") if '"alarm_acknowledged"' in p][0]
     assert ack_b["alarm"]["acknowledged_by"] == "mqtt:night shift"
-
-    # JSON lines: everything, in order, started and stopped
-    lines = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
-    assert lines[0]["type"] == "monitor_started" and lines[-1]["type"] == "monitor_stopped"
-    assert [(e["type"], e["camera"]) for e in lines[1:-1] if e["camera"] == "cam-a"] == \
-        [(t, "cam-a") for t, _ in kinds]
-
-
-async def _read(node):
-    return await node.read_value()
-
-
-async def _is(node, value):
-    return await node.read_value() == value
-
-
-def var_ack(cam, idx):
-    async def read():
-        return await (await cam.get_child(f"{idx}:AlarmAcknowledged")).read_value()
-    return read
 
 
 def test_mqtt_last_will_says_offline_when_the_monitor_dies(tmp_path, mosquitto):
@@ -255,30 +178,433 @@ asyncio.run(main())
     assert retained(mosquitto.port, "plant2/status") == "offline"
 
 
-def test_jsonl_log_rotates_and_keeps_backups(tmp_path):
-    from leakseg.monitor.alarm import AlarmLogic
-    from leakseg.monitor.config import AlarmSettings, JsonlSink
-    from leakseg.monitor.sinks.jsonl import JsonlLog
+# -- OPC UA ---------------------------------------------------------------------------------------------
+
+CAMERA_VARIABLES = ("State", "StateCode", "LeakActive", "LeakAreaPixels", "LeakAreaFraction", "HighestScore",
+                    "CentroidX", "CentroidY", "FramesAnalysed", "WindowsDropped", "CameraHealthy", "ServiceHealthy",
+                    "AlarmId", "AlarmAcknowledged", "LastFrameTime", "FaultReason")
+
+
+class Events:
+    def __init__(self):
+        self.items = []
+
+    def event_notification(self, event):
+        self.items.append(event)
+
+
+@pytest.fixture
+def opcua(tmp_path, monkeypatch):
+    """A two-camera configuration with an OPC UA server that has one user, ``operator``; and its endpoint."""
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/leakseg"
+    config = two_cameras(tmp_path, opcua={"endpoint": endpoint,
+                                          "users": [{"name": "operator", "password_env": PASSWORD_ENV}]})
+    return config, endpoint
+
+
+async def camera_node(client, name="cam-a"):
+    """The camera's object and the namespace index of the monitor's nodes."""
+    idx = await client.get_namespace_index("urn:leakseg:monitor")
+    return await client.nodes.objects.get_child([f"{idx}:LeakSeg", f"{idx}:{name}"]), idx
+
+
+async def subscribe_alarms(client, cam, idx) -> Events:
+    etype = await client.nodes.root.get_child(
+        ["0:Types", "0:EventTypes", "0:BaseEventType", "0:ConditionType", "0:AcknowledgeableConditionType",
+         "0:AlarmConditionType", f"{idx}:LeakSegAlarmType"])
+    events = Events()
+    sub = await client.create_subscription(50, events)
+    await sub.subscribe_events(cam, etype)
+    return events
+
+
+async def _is(node, value):
+    return await node.read_value() == value
+
+
+def test_opcua_variables_and_alarm_events_follow_the_leak(opcua):
+    from asyncua import Client
+
+    config, endpoint = opcua
+
+    async def scenario(monitor):
+        async with Client(endpoint) as anonymous:
+            cam, idx = await camera_node(anonymous)
+            var = {n: await cam.get_child(f"{idx}:{n}") for n in CAMERA_VARIABLES}
+            assert await var["State"].read_value() == "NORMAL"
+            events = await subscribe_alarms(anonymous, cam, idx)
+
+            raise_leak(monitor)
+            await until(lambda: events.items, what="the LEAK event")
+            leak = events.items[0]
+            assert leak.ConditionName == "LEAK" and leak.Transition == "raised" and leak.Severity == 900
+            assert leak.AlarmId.startswith("cam-a-LEAK-") and leak.SourceName == "cam-a"
+            assert leak.Message.Text.startswith("LEAK raised") and leak.AreaPixels == 900 and leak.CentroidX == 25.0
+            assert await var["State"].read_value() == "LEAK"
+            await until(lambda: _is(var["LeakAreaPixels"], 900), what="LeakAreaPixels")
+            assert await var["LeakActive"].read_value() is True
+            assert await var["StateCode"].read_value() == 1
+            assert await var["AlarmId"].read_value() == leak.AlarmId
+            assert await var["AlarmAcknowledged"].read_value() is False
+            assert await var["FramesAnalysed"].read_value() == 4
+            assert abs(await var["LeakAreaFraction"].read_value() - 900 / FRAME_PIXELS) < 1e-9
+            assert await var["CameraHealthy"].read_value() is True
+
+    run_monitor(config, scenario)
+
+
+def operator(endpoint, password=PASSWORD):
+    from asyncua import Client
+
+    client = Client(endpoint)
+    client.set_user("operator")
+    client.set_password(password)
+    return client
+
+
+def test_opcua_anonymous_only_reads(opcua):
+    from asyncua import Client, ua
+
+    config, endpoint = opcua
+
+    async def scenario(monitor):
+        leak_id = raise_leak(monitor)
+        async with Client(endpoint) as anonymous:
+            cam, idx = await camera_node(anonymous)
+            with pytest.raises(ua.UaError):
+                await (await cam.get_child(f"{idx}:State")).write_value("NORMAL")
+            with pytest.raises(ua.UaError):
+                await cam.call_method(f"{idx}:Acknowledge", leak_id, "anonymous try")
+            assert monitor.cameras["cam-a"].logic.leak.acknowledged is False
+
+    run_monitor(config, scenario)
+
+
+def test_opcua_operator_acknowledges_and_a_wrong_password_is_refused(opcua):
+    from asyncua import ua
+
+    config, endpoint = opcua
+    published = []
+
+    async def scenario(monitor):
+        monitor.event_listeners.append(published.append)
+        leak_id = raise_leak(monitor)
+        async with operator(endpoint) as client:
+            cam, idx = await camera_node(client)
+            with pytest.raises(ua.UaError):
+                await (await cam.get_child(f"{idx}:State")).write_value("NORMAL")
+            for vague in ("", "0"):  # an acknowledgement names its alarm (or "all"); it never guesses
+                with pytest.raises(ua.UaError):
+                    await cam.call_method(f"{idx}:Acknowledge", vague, "crew sent")
+            count = await cam.call_method(f"{idx}:Acknowledge", leak_id, "crew sent")
+            assert count == 1
+            acknowledged = await cam.get_child(f"{idx}:AlarmAcknowledged")
+            await until(lambda: _is(acknowledged, True), what="AlarmAcknowledged")
+        with pytest.raises(Exception):
+            async with operator(endpoint, "wrong"):
+                pass
+
+    run_monitor(config, scenario)
+    acks = [e.alarm for e in published if e.type == "alarm_acknowledged"]
+    assert [(a.acknowledged_by, a.comment) for a in acks] == [("opcua", "crew sent")]
+
+
+# -- Modbus TCP -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def modbus(tmp_path):
+    """A two-camera configuration with a Modbus server (heartbeat every 0.2 s), and its port."""
+    port = free_port()
+    return two_cameras(tmp_path, modbus={"host": "127.0.0.1", "port": port, "heartbeat_seconds": 0.2}), port
+
+
+@asynccontextmanager
+async def modbus_client(port):
+    from pymodbus.client import AsyncModbusTcpClient
+
+    client = AsyncModbusTcpClient("127.0.0.1", port=port)
+    await client.connect()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+async def holding(client, base, count=16):
+    return (await client.read_holding_registers(base, count=count, device_id=1)).registers
+
+
+async def inputs(client, base, count=16):
+    return (await client.read_input_registers(base, count=count, device_id=1)).registers
+
+
+async def leak_registers(monitor, client):
+    """Raise cam-a's LEAK; its 16 registers (base 0) once they show it."""
+    raise_leak(monitor)
+
+    async def read():
+        regs = await holding(client, 0)
+        return regs if regs[11] == 900 else None
+
+    return await until(read, what="cam-a's LEAK registers")
+
+
+def test_modbus_registers_follow_the_leak_and_a_camera_fault(modbus):
+    config, port = modbus
+
+    async def fault_registers(client):
+        regs = await inputs(client, 16)
+        return regs if regs[0] == 2 else None
+
+    async def scenario(monitor):
+        async with modbus_client(port) as client:
+            regs = await leak_registers(monitor, client)  # camera a at base 0, camera b at base 16
+            assert regs[0:4] == [1, 1, round(1000 * 900 / FRAME_PIXELS), 800]
+            assert regs[5:7] == [4, 0] and regs[8:11] == [1, 1, 0] and regs[11:14] == [900, 25, 40] and regs[14] == 1
+            regs_b = await inputs(client, 16)
+            assert regs_b[0:2] == [0, 0] and regs_b[12:14] == [65535, 65535]
+
+            monitor.emit(monitor.cameras["cam-b"].logic.camera_failed("lost: connection refused"))
+            regs_b = await until(lambda: fault_registers(client), what="cam-b's CAMERA_FAULT registers")
+            assert regs_b[0] == 2 and regs_b[8] == 0  # CAMERA_FAULT, camera unhealthy
+
+    run_monitor(config, scenario)
+
+
+def test_modbus_map_is_read_only_and_the_heartbeat_moves(modbus):
+    config, port = modbus
+
+    async def scenario(monitor):
+        async with modbus_client(port) as client:
+            beat = (await leak_registers(monitor, client))[4]
+            await asyncio.sleep(0.6)
+            assert (await inputs(client, 4, count=1))[0] > beat
+            refused = await client.write_register(0, 0, device_id=1)
+            assert refused.isError()
+            assert (await holding(client, 0, count=1))[0] == 1
+
+    run_monitor(config, scenario)
+
+
+# -- what a hostile HMI, a flapping camera, a broker outage and a failing disk do -----------------------
+
+
+def mqtt_sink(monitor):
+    return next(s for s in monitor.sinks if s.name == "mqtt")
+
+
+async def link(monitor, up: bool):
+    """Until the monitor's MQTT client is (dis)connected."""
+    await until(lambda: mqtt_sink(monitor).client.is_connected() == up, what=f"MQTT link {'up' if up else 'down'}")
+
+
+@pytest.fixture
+def restartable_broker(tmp_path):
+    """A broker that keeps retained messages and sessions across a restart (stop() ... start())."""
+    from support.monitor_fixtures import Mosquitto
+
+    folder = tmp_path / "broker"
+    folder.mkdir()
+    broker = Mosquitto(folder, persistent=True)
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def session_recorder(restartable_broker):
+    """Subscribed to plant1/# with a session the broker keeps across its restart."""
+    recorder = MqttRecorder(restartable_broker.port, "plant1", session=f"scada-{os.getpid()}")
+    try:
+        yield recorder
+    finally:
+        recorder.close()
+
+
+@pytest.mark.parametrize("ack", [{"alarm_id": "all", "by": "hmi"}, {"by": "hmi"}])
+def test_mqtt_retained_ack_is_not_replayed_on_alarms_raised_while_the_link_was_down(
+        tmp_path, restartable_broker, session_recorder, ack):
+    """An HMI publishes an "acknowledge all" with retain=1 (today's ``{...}`` without an id, or the explicit
+    "all"): the broker replays it at every reconnect; it must not acknowledge the LEAK raised during the outage."""
+    async def scenario(monitor):
+        await mqtt_online(session_recorder)
+        await asyncio.to_thread(session_recorder.client.publish, "plant1/cam-a/ack", json.dumps(ack), 1, True)
+        await until(lambda: retained(restartable_broker.port, "plant1/cam-a/ack"), what="the retained ack")
+        restartable_broker.stop()
+        await link(monitor, up=False)
+        leak = monitor.cameras["cam-a"].logic.recent[raise_leak(monitor)]  # while SCADA cannot see it
+        await asyncio.to_thread(restartable_broker.start)
+        await link(monitor, up=True)
+        await asyncio.sleep(1.0)  # the broker replays the retained ack when the monitor subscribes again
+        assert leak.acknowledged is False
+        assert mqtt_sink(monitor).health()["acks_refused"] >= 1
+
+    run_monitor(mqtt_config(tmp_path, restartable_broker), scenario)
+
+
+def test_mqtt_ack_needs_an_explicit_alarm_id_and_bounded_printable_fields(tmp_path, mosquitto, mqtt_recorder):
+    refused = ["", "{}", json.dumps({"alarm_id": 0}), json.dumps({"alarm_id": None}), "[1]",
+               json.dumps({"alarm_id": "all", "by": "x" * 65}), json.dumps({"alarm_id": "all", "comment": "c" * 257}),
+               json.dumps({"alarm_id": "all", "by": "ops\nFAKE LOG LINE"}), json.dumps({"alarm_id": "all", "by": 7})]
+
+    async def scenario(monitor):
+        await mqtt_online(mqtt_recorder)
+        leak_id = raise_leak(monitor)
+        for payload in refused:
+            await asyncio.to_thread(mqtt_recorder.publish, "plant1/cam-a/ack", payload)
+        await asyncio.to_thread(mqtt_recorder.publish, "plant1/cam-a/ack",
+                                json.dumps({"alarm_id": leak_id, "by": "night shift", "comment": "crew sent"}))
+        await until(lambda: monitor.cameras["cam-a"].logic.leak.acknowledged, what="the good ack")
+
+    monitor = run_monitor(mqtt_config(tmp_path, mosquitto), scenario)
+    acks = [json.loads(p)["alarm"] for p in mqtt_recorder.on("plant1/cam-a/event") if '"alarm_acknowledged"' in p]
+    assert [(a["acknowledged_by"], a["comment"]) for a in acks] == [("mqtt:night shift", "crew sent")]
+    assert mqtt_sink(monitor).health()["acks_refused"] == len(refused)
+
+
+def test_mqtt_acknowledges_the_active_leak_after_a_hundred_newer_alarms(tmp_path, mosquitto, mqtt_recorder):
+    """A flapping camera raises and clears a fault 120 times after the LEAK: the LEAK stays acknowledgeable."""
+    async def scenario(monitor):
+        await mqtt_online(mqtt_recorder)
+        leak_id = raise_leak(monitor)
+        logic = monitor.cameras["cam-a"].logic
+        for _ in range(120):
+            monitor.emit(logic.camera_failed("lost: flapping") + logic.camera_ok())
+        await asyncio.to_thread(mqtt_recorder.publish, "plant1/cam-a/ack", json.dumps({"alarm_id": leak_id}))
+        await until(lambda: logic.leak.acknowledged, what="the LEAK acknowledged")
+        assert len(logic.recent) <= 100
+
+    run_monitor(mqtt_config(tmp_path, mosquitto), scenario)
+
+
+def test_mqtt_broker_outage_queues_events_bounded_counts_drops_and_sends_no_stale_states(
+        tmp_path, restartable_broker, session_recorder):
+    """During the outage cam-b flaps (25 x 4 events) and cam-a sends 200 states; the event queue holds 10.
+    After the restart SCADA gets the newest 10 events, the drops in sink_health, and one state per camera."""
+    config = two_cameras(tmp_path, mqtt={"port": restartable_broker.port, "topic_prefix": "plant1",
+                                         "client_id": "monitor-under-test", "event_queue": 10})
+    emitted = []
+
+    async def scenario(monitor):
+        await mqtt_online(session_recorder)
+        restartable_broker.stop()
+        await link(monitor, up=False)
+        monitor.event_listeners.append(emitted.append)
+        logic_b = monitor.cameras["cam-b"].logic
+        for _ in range(25):
+            monitor.emit(logic_b.camera_failed("lost: outage") + logic_b.camera_ok())
+        feed(monitor, "cam-a", [0] * 200)
+        before = len(session_recorder.messages)
+        await asyncio.to_thread(restartable_broker.start)
+        await asyncio.to_thread(session_recorder.wait_for, lambda m: m[0] == "plant1/sink_health"
+                                and json.loads(m[1])["mqtt"]["events_dropped"] == 90)
+        await asyncio.to_thread(session_recorder.wait_for, lambda m: m[0] == "plant1/cam-b/event"
+                                and json.loads(m[1])["time"] == emitted[-1].time and '"state_changed"' in m[1])
+        await asyncio.sleep(1.0)  # a flood of stale messages would arrive now
+        after = session_recorder.messages[before:]
+        events = [json.loads(p) for t, p, _ in after if t == "plant1/cam-b/event"]
+        assert [(e["type"], e["time"]) for e in events] == [(e.type, e.time) for e in emitted[-10:]]
+        live_states = [t for t, _, retain in after if t == "plant1/cam-a/state" and not retain]
+        assert len(live_states) <= 2  # (the broker's own retained copy comes too, when the recorder resubscribes)
+
+    run_monitor(config, scenario)
+    assert json.loads(retained(restartable_broker.port, "plant1/cam-a/state"))["state"] == "OFFLINE"
+
+
+def test_mqtt_stop_is_bounded_when_the_broker_hangs(tmp_path, mosquitto, mqtt_recorder):
+    stop_requested = []
+
+    async def scenario(monitor):
+        await mqtt_online(mqtt_recorder)
+        os.killpg(mosquitto.proc.pid, signal.SIGSTOP)  # the broker keeps the connection but never answers
+        stop_requested.append(time.monotonic())
+
+    try:
+        run_monitor(mqtt_config(tmp_path, mosquitto), scenario)
+        took = time.monotonic() - stop_requested[0]
+    finally:
+        os.killpg(mosquitto.proc.pid, signal.SIGCONT)
+    assert took < 4.0, f"the monitor took {took:.1f} s to stop"
+
+
+def test_jsonl_log_survives_a_failed_rotation_and_keeps_every_line(tmp_path):
+    """The rotation target is in the way (a folder named events.jsonl.1): lines wait, then go to disk in order
+    once it is gone; the failure is counted in a sink_health line."""
+    log_path = tmp_path / "events.jsonl"
+    log_path.write_text(json.dumps({"type": "previous run", "pad": "x" * 9750}) + "\n")
+    emitted = []
+
+    async def scenario(monitor):
+        monitor.event_listeners.append(emitted.append)
+        blocker = tmp_path / "events.jsonl.1"
+        (blocker / "inside").mkdir(parents=True)
+        leak_story(monitor)  # the first event needs a rotation: it fails
+        await asyncio.sleep(0.5)
+        (blocker / "inside").rmdir()
+        blocker.rmdir()
+        await until(lambda: "alarm_cleared" in log_path.read_text(), what="the waiting lines written")
+        feed(monitor, "cam-a", [0, 600, 0, 700], start_seq=6)
+
+    run_monitor(two_cameras(tmp_path, jsonl={"path": str(log_path), "max_bytes": 10_000, "backups": 1}), scenario)
+    old, new = ([json.loads(line) for line in p.read_text().splitlines()]
+                for p in (tmp_path / "events.jsonl.1", log_path))
+    lines = old + new
+    assert lines[0]["type"] == "previous run" and lines[1]["type"] == "monitor_started"
+    assert lines[-1]["type"] == "monitor_stopped"
+    logged = [(e["type"], e["camera"], e["time"]) for e in lines if e["type"] not in
+              ("previous run", "monitor_started", "monitor_stopped", "sink_health")]
+    assert logged == [(e.type, e.camera, e.time) for e in emitted]
+    health = [e for e in lines if e["type"] == "sink_health"]
+    assert health and health[0]["sinks"]["jsonl"]["write_failures"] >= 1
+
+
+def test_jsonl_log_bounds_the_lines_it_keeps_and_counts_the_rest(tmp_path, monkeypatch):
+    from leakseg.monitor.config import JsonlSink
+    from leakseg.monitor.sinks import jsonl
 
     class M:
         cameras = {"c": None}
 
-    log = JsonlLog(JsonlSink(path=tmp_path / "ev.jsonl", max_bytes=2000, backups=2))
-    logic = AlarmLogic("c", AlarmSettings(k=1, n=1, clear_frames=1, min_area_pixels=1))
+    monkeypatch.setattr(jsonl, "MAX_PENDING_LINES", 5)
+    path = tmp_path / "ev.jsonl"
+    path.write_text("x" * 990 + "\n")  # the next line needs a rotation
+    blocker = tmp_path / "ev.jsonl.1" / "inside"
+    blocker.mkdir(parents=True)
+    log = jsonl.JsonlLog(JsonlSink(path=path, max_bytes=1000, backups=1))
 
     async def run():
         await log.start(M())
-        for i in range(40):
-            for e in logic.observe(Observation(i, 1e9 + i, 10 * (i % 2), 0.001, 0.5)):
-                await log.publish_event(e)
+        for i in range(8):
+            log.write({"type": "n", "i": i})
+        assert log.health() == {"lines_pending": 5, "lines_dropped": 4, "write_failures": 9}
+        blocker.rmdir()
+        blocker.parent.rmdir()
+        await log.heartbeat([])
         await log.stop()
 
     asyncio.run(run())
-    files = sorted(p.name for p in tmp_path.iterdir())
-    assert files == ["ev.jsonl", "ev.jsonl.1", "ev.jsonl.2"]
-    for p in tmp_path.iterdir():
-        assert p.stat().st_size <= 2000
-        for line in p.read_text().splitlines():
-            json.loads(line)  # every line whole
-    newest = [json.loads(x) for x in (tmp_path / "ev.jsonl").read_text().splitlines()]
-    assert newest[-1]["type"] == "monitor_stopped"
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [x.get("i") for x in lines if x["type"] == "n"] == [3, 4, 5, 6, 7]
+    assert lines[-2]["type"] == "sink_health" and lines[-2]["sinks"]["jsonl"]["lines_dropped"] == 4
+
+
+def test_opcua_empty_password_is_refused_at_start_and_at_login(opcua, monkeypatch):
+    from leakseg.monitor.runner import Monitor, SinkStartError
+    from leakseg.monitor.sinks import build_sinks
+
+    config, endpoint = opcua
+    monkeypatch.setenv(PASSWORD_ENV, "")
+    with pytest.raises(SinkStartError, match="empty"):
+        Monitor(config, NoModel(), build_sinks(config), status_table=False).run()
+
+    async def scenario(monitor):
+        monkeypatch.setenv(PASSWORD_ENV, "")  # emptied while the server runs (it reads it at each login)
+        with pytest.raises(Exception):
+            async with operator(endpoint, ""):
+                pass
+
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    run_monitor(config, scenario)

@@ -79,12 +79,10 @@ def test_result_fields(predictor):
 
 
 def test_sixteen_bit_clip_uses_the_clip_level_stretch(predictor):
+    """The predictor maps a 16-bit clip by to_uint8_clip (the stretch itself: tests/test_frames.py)."""
     rng = np.random.default_rng(5)
     clip16 = [(rng.random((40, 50)) * 3000 + 20000 + 500 * i).astype(np.uint16) for i in range(4)]
     as8 = to_uint8_clip(clip16)
-    lo, hi = np.percentile(np.stack(clip16).astype(np.float32), (0.5, 99.5))
-    assert as8[0].dtype == np.uint8 and abs(int(as8[3].mean()) - int(as8[0].mean())) > 10  # one scale per clip
-    assert np.array_equal(as8[1], np.clip(np.rint((clip16[1].astype(np.float32) - lo) * 255 / (hi - lo)), 0, 255))
     assert [f.mask for f in predictor.predict(clip16).frames] == [f.mask for f in predictor.predict(as8).frames]
 
 

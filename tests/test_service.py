@@ -24,7 +24,7 @@ import pytest
 import requests
 from PIL import Image
 
-from leakseg.serving import server as serve
+from leakseg.serving import torchserve_process as serve
 from leakseg.inference.manifest import extract_archive
 from leakseg.schema import ClipResult, ErrorResponse, ModelDescription
 from support.torchserve_fixture import loopback_overrides
@@ -517,3 +517,92 @@ def test_leakseg_serve_refuses_an_empty_model_store(tmp_path):
     result = _cli("--model-store", str(tmp_path / "store"), "--run-dir", str(tmp_path / "run"))
     assert result.returncode == 1 and "no .mar archive" in result.stderr
     assert not (tmp_path / "run" / serve.STATE_FILE).exists()
+
+
+# --- every registered model family, served side by side ------------------------------------------
+
+@pytest.fixture(scope="module")
+def every_family(family_archive, tmp_path_factory):
+    """A TorchServe of its own serving each registered family's test archive under the archive's name
+    (JVLGS as tiny, FGSTP as fgstp), each answering through the same handler, API and client."""
+    from leakseg.model import family_names
+    from support.torchserve_fixture import with_model_config
+
+    root = tmp_path_factory.mktemp("every_family")
+    store = root / "model_store"
+    archives = [with_model_config(family_archive(name), store, batchSize=2, maxBatchDelay=50)
+                for name in family_names()]
+    server = serve.start(store, [f"{a.stem}={a.name}" for a in archives], serve.REPO_CONFIG, root / "logs",
+                         root / "run", loopback_overrides(), timeout=300)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _post_to(server, model, body):
+    return requests.post(server.prediction_url(model), json=body, timeout=TIMEOUT,
+                         headers={"Authorization": f"Bearer {server.inference_key}"})
+
+
+def _json_frames(frames):
+    return [base64.b64encode(png(f)).decode() for f in frames]
+
+
+@pytest.mark.serve  # starts a TorchServe of its own
+def test_every_family_answers_its_own_requests(every_family, family, family_archive):
+    from leakseg.inference.predictor import Predictor
+    from leakseg.model import get_family
+    from leakseg.schema import ClipOptions
+
+    archive = family_archive(family)
+    predictor = Predictor.from_archive(archive, device="cpu")
+    described = _post_to(every_family, archive.stem, {"describe": True})
+    assert described.status_code == 200, described.text
+    d = described.json()
+    assert d["name"] == archive.stem and d["family"] == family
+    got = ModelDescription.model_validate(d)
+    assert got.model_dump(exclude={"runtime"}) == predictor.describe().model_dump(exclude={"runtime"})
+    published = ClipOptions(**get_family(family).published_postprocess)
+    assert d["defaults"]["opening_kernel"] == published.opening_kernel
+    if not get_family(family).takes_prompts:
+        assert d["prompt_count"] == 0 and d["default_prompts"] == []
+    frames = clip(20, t=5, h=48, w=64)
+    response = _post_to(every_family, archive.stem, {"frames": _json_frames(frames)})
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["model"]["name"] == archive.stem and result["model"]["family"] == family
+    assert len(result["frames"]) == 5
+    assert_same_result(response, predictor.predict(frames))  # the served result is the in-process archive's
+
+
+@pytest.mark.serve  # starts a TorchServe of its own
+def test_prompts_to_a_family_that_takes_none_get_the_documented_error(every_family, family, family_archive):
+    from leakseg.model import get_family
+
+    body = {"frames": _json_frames(clip(21, t=5, h=48, w=64)),
+            "prompts": ["white steam", "floating steam", "billowing smoke", "flowing smoke"]}
+    response = _post_to(every_family, family_archive(family).stem, body)
+    if get_family(family).takes_prompts:  # the same prompts are fine for a family beside it that takes them
+        assert response.status_code == 200, response.text
+        return
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "prompts_not_supported" and error["field"] == "prompts"
+    assert "takes no prompts" in error["message"]
+
+
+@pytest.mark.serve  # starts a TorchServe of its own
+def test_the_client_speaks_to_every_family(every_family, family, family_archive):
+    from leakseg.client import InvalidInput, LeakSegClient
+    from leakseg.model import get_family
+
+    token = every_family.inference_key
+    with LeakSegClient(every_family.inference_url, token=token, model=family_archive(family).stem) as client:
+        assert client.describe().family == family
+        result = client.segment(clip(22, t=5, h=48, w=64))
+        assert result.model.family == family and result.masks().shape == (5, 48, 64)
+        if not get_family(family).takes_prompts:
+            with pytest.raises(InvalidInput) as err:
+                client.segment(clip(22, t=5, h=48, w=64), prompts=["white steam"])
+            assert err.value.code == "prompts_not_supported"

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+from dataclasses import fields
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from numpy.lib.stride_tricks import sliding_window_view
 
-from leakseg.training.augment import AugmentConfig, AugmentParams, augment_triplet
-from leakseg.training.synth import write_clip, write_dataset
+from support.models import small_model
+
+from leakseg.commands import POSTPROCESS_FLAGS, postprocess_overrides
+from leakseg.commands import train as train_command
 from leakseg.model import triplet_neighbours
+from leakseg.synth import write_clip, write_dataset
+from leakseg.training.augment import AugmentConfig, AugmentParams, augment_triplet
 from leakseg.training.loop import TrainConfig, clip_step, min_input_size, train, train_step
 from leakseg.training.loss import structure_loss
 from leakseg.training.samplers import ClipSet, TripletSet, few_shot_indices, load_clips
@@ -22,7 +29,7 @@ SIZE = 232  # the smallest multiple of 8 the network takes (its stride-32 map mu
 
 
 def _hand_loss(logits: np.ndarray, mask: np.ndarray) -> float:
-    """REFERENCE.md's formula, spelled out in float64 numpy: 31x31 box filter with zero padding."""
+    """The published loss (docs/MODELS.md), spelled out in float64 numpy: 31x31 box filter with zero padding."""
     total = 0.0
     for z, m in zip(logits[:, 0].astype(np.float64), mask[:, 0].astype(np.float64)):
         box = sliding_window_view(np.pad(m, 15), (31, 31)).sum(axis=(2, 3)) / 961.0
@@ -126,6 +133,25 @@ def test_min_input_size_is_the_real_limit():
         model.forward_triplet(torch.zeros(1, 3, 3, s, s), text)
         with pytest.raises(RuntimeError):
             model.forward_triplet(torch.zeros(1, 3, 3, s - 1, s - 1), text)
+
+
+def _train_parser():
+    parser = argparse.ArgumentParser()
+    train_command.add_arguments(parser)
+    return parser
+
+
+def test_the_command_line_sets_config_fields_by_name():
+    parser = _train_parser()
+    defaults = parser.parse_args(["data", "--out", "o"])
+    assert TrainConfig.from_args(defaults, postprocess=postprocess_overrides(defaults)) == TrainConfig("data", "o")
+    # every argument but the post-processing flags is the config field of its name: none is dropped
+    assert set(vars(defaults)) - set(POSTPROCESS_FLAGS) <= {f.name for f in fields(TrainConfig)}
+    args = parser.parse_args(["data", "--out", "o", "--save-every", "5", "--no-augment", "--no-progress", "--lr",
+                              "2e-4", "--batch-size", "3", "--few-shot", "30", "--threshold", "0.3", "--arch", "fgstp"])
+    cfg = TrainConfig.from_args(args, postprocess=postprocess_overrides(args))
+    assert cfg == TrainConfig("data", "o", save_every_minutes=5.0, augment=False, progress=False, lr=2e-4,
+                              batch_size=3, few_shot=30, postprocess={"threshold": 0.3}, arch="fgstp")
 
 
 @pytest.fixture(scope="module")
@@ -316,3 +342,68 @@ def test_resume_refuses_a_different_run_or_a_folder_without_state(tiny_set, tmp_
         train(TrainConfig(out=str(tmp_path / "b"), size=SIZE + 8, max_steps=2, resume=str(tmp_path / "a"), **common))
     with pytest.raises(FileNotFoundError, match="train_state.pt"):
         train(TrainConfig(out=str(tmp_path / "c"), size=SIZE, max_steps=2, resume=str(tmp_path), **common))
+
+
+# -- each family trains as published (docs/MODELS.md, "Training") ----------------------------------
+
+#: Each family's published loss: how many structure-loss terms (fused logits, then the decoder maps of both
+#: neighbours) and whether their BCE is pixel-weighted.
+PUBLISHED_LOSS = {"jvlgs": (1, True), "fgstp": (9, False)}
+
+
+def test_training_step_uses_the_published_loss(family):
+    from leakseg.training.loop import train_step
+    from leakseg.training.loss import published_loss, structure_loss
+
+    torch.manual_seed(0)
+    model = small_model(family=family).train()
+    triplets = torch.randn(2, 3, 3, 256, 256)
+    masks = (torch.rand(2, 1, 256, 256) > 0.7).float()
+    text = torch.randn(1, model.config.text_dim, model.config.prompt_count) if "text" in model.input_names else None
+    logits, maps1, maps2 = model.forward_triplet(triplets, *([] if text is None else [text.expand(2, -1, -1)]))
+    loss = published_loss(family, logits, maps1, maps2, masks)
+    count, weighted = PUBLISHED_LOSS[family]
+    terms = [structure_loss(m, masks, weighted_bce=weighted) for m in [logits, *maps1, *maps2]][:count]
+    assert len(terms) == count and torch.allclose(loss, sum(terms))
+    before = [p.detach().clone() for p in model.fusion_conv.parameters()]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    assert train_step(model, optimizer, triplets, masks, text) > 0
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.fusion_conv.parameters()))
+
+
+def test_fgstp_code_computes_the_plain_mean_bce():
+    """The research code's BCE term: reduce='none' is PyTorch's legacy spelling that means "mean"."""
+    torch.manual_seed(0)
+    logits, masks = torch.randn(2, 1, 32, 32), (torch.rand(2, 1, 32, 32) > 0.7).float()
+    with pytest.warns(UserWarning):
+        legacy = F.binary_cross_entropy_with_logits(logits, masks, reduce="none")
+    assert torch.allclose(legacy, F.binary_cross_entropy_with_logits(logits, masks))
+
+
+def test_train_command_trains_and_fine_tunes_fgstp(family_checkpoint, tmp_path):
+    """`leakseg train --arch fgstp` from scratch, then `--init` an authors' checkpoint with the clip sampler:
+    native FGSTP checkpoints with no prompt bank, recommending FGSTP's post-processing; --arch must fit --init."""
+    from leakseg.cli import main
+    from leakseg.model.checkpoint import import_authors_checkpoint, load_native, native_postprocess_defaults
+    from leakseg.synth import write_dataset
+
+    checkpoint = family_checkpoint("fgstp")
+    data = tmp_path / "data"
+    write_dataset(data, 2, seed=3, frames=4, height=48, width=48, leak_free_fraction=0, partial_fraction=0,
+                  progress=False)
+    common = ["--size", "256", "--batch-size", "2", "--max-steps", "1", "--no-progress"]
+    assert main(["train", str(data), "--arch", "fgstp", "--out", str(tmp_path / "scratch"), "--val", str(data),
+                 *common]) == 0
+    model, bank = load_native(tmp_path / "scratch" / "last")
+    assert model.family == "fgstp" and not bank.takes_prompts
+    assert native_postprocess_defaults(tmp_path / "scratch" / "best") == {"opening_kernel": 0}
+    raw = json.loads((tmp_path / "scratch" / "last" / "config.json").read_text())
+    assert raw["model_type"] == "fgstp" and abs(raw["training"]["lr_drop_at"] - 44 / 60) < 1e-9
+    assert main(["train", str(data), "--init", str(checkpoint), "--sampler", "clip", "--out", str(tmp_path / "ft"),
+                 *common]) == 0
+    tuned, _ = load_native(tmp_path / "ft" / "last")
+    start, _ = import_authors_checkpoint(checkpoint)
+    assert tuned.family == "fgstp"
+    assert not torch.equal(tuned.fusion_conv[0].weight, start.fusion_conv[0].weight)  # it trained
+    with pytest.raises(ValueError, match="FGSTP checkpoint"):
+        main(["train", str(data), "--init", str(checkpoint), "--arch", "jvlgs", "--out", str(tmp_path / "x"), *common])

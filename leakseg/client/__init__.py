@@ -7,6 +7,16 @@
 
 Only requests, pydantic, numpy and pillow are imported, here and in every module this one
 imports; a test runs it with torch, onnxruntime, timm and transformers blocked.
+
+The modules:
+
+* ``client``: :class:`LeakSegClient`, the HTTP session (token, retries, timeouts, both protocols);
+* ``inputs``: request bodies from paths, folders, arrays and PIL images (multipart or JSON);
+* ``protocols``: the Open Inference Protocol v2 request and answer forms;
+* ``errors``: the exception per error code and TorchServe answer.
+
+Frames are read by :mod:`leakseg.io.frames`, the service's own reader (:func:`clip_array_from`
+decodes any accepted input as the service would, e.g. to draw overlays).
 """
 
 from leakseg.client.client import DEFAULT_BASE_URL, DEFAULT_MODEL, LeakSegClient, read_inference_key, resolve_token
@@ -24,7 +34,8 @@ from leakseg.client.errors import (
     WorkerDied,
     error_from_response,
 )
-from leakseg.client.inputs import RequestBody, build_request, load_frames
+from leakseg.client.inputs import RequestBody, build_request
+from leakseg.io.frames import clip_array_from
 from leakseg.schema import ClipOptions, ClipResult, FrameResult, ModelDescription
 
 __all__ = [
@@ -48,8 +59,8 @@ __all__ = [
     "Timeout",
     "WorkerDied",
     "build_request",
+    "clip_array_from",
     "error_from_response",
-    "load_frames",
     "read_inference_key",
     "resolve_token",
 ]

@@ -1,4 +1,4 @@
-"""The HTTP client of a running leakseg service (TorchServe with the JVLGS handler).
+"""The HTTP client of a running leakseg service (TorchServe with the leakseg handler, or a KServe runtime).
 
 Retry policy, and why:
 
@@ -366,13 +366,20 @@ def resolve_token(
 
 
 def read_inference_key(path: Union[str, "os.PathLike[str]"]) -> str:
-    """The "inference" key of a TorchServe ``key_file.json``; AuthError if the file has none."""
+    """The "inference" key of a TorchServe ``key_file.json``, or the whole of a one-line key file (the API key
+    of `leakseg kserve`, a Kubernetes Secret mounted as a file); AuthError if the file has none.
+    `leakseg kserve --api-key-file` reads its key with this too, so one file serves server and client."""
     with open(path, encoding="utf-8") as f:
-        try:
-            keys = json.load(f)
-        except ValueError as exc:
-            raise AuthError(f"{path} is not a TorchServe key file (not JSON)") from exc
-    key = keys.get("inference", {}).get("key") if isinstance(keys, dict) else None
+        text = f.read().strip()
+    try:
+        keys = json.loads(text)
+    except ValueError:
+        keys = None
+    if not isinstance(keys, dict):  # a plain key file
+        if text and not any(c.isspace() for c in text):
+            return text
+        raise AuthError(f"{path} is neither a one-line key file nor a TorchServe key file")
+    key = keys.get("inference", {}).get("key") if isinstance(keys.get("inference"), dict) else None
     if not isinstance(key, str) or not key:
         raise AuthError(f"{path} holds no inference key (expected {{\"inference\": {{\"key\": ...}}}})")
     return key

@@ -11,7 +11,9 @@ Fidelity rules:
   arrive unchanged;
 * PIL images are encoded as PNG; 16-bit grey (``I;16``) stays 16-bit;
 * the JSON form can only carry image files, so arrays become PNGs there: float arrays and
-  16-bit RGB arrays (PNG readers disagree on those) are refused instead of silently rounded.
+  16-bit RGB arrays (the service refuses 16-bit colour images) are refused instead of silently rounded;
+* image files are checked from their headers as the service checks them: a 16-bit colour PNG or
+  TIFF (which would lose its low byte) raises InvalidInput ``frame_decode_error`` before sending.
 """
 
 from __future__ import annotations
@@ -28,10 +30,8 @@ import numpy as np
 from PIL import Image
 
 from leakseg.client.errors import InvalidInput
-from leakseg.io.frames import (
-    CLIP_SUFFIXES, IMAGE_SUFFIXES, SUPPORTED_DTYPES, decode_clip_array, list_image_files, load_clip, stack_frames,
-)
-from leakseg.schema import ClipOptions, ErrorCode
+from leakseg.io.frames import check_array_layout, decode_clip_bytes, image_to_array, open_image, sort_input
+from leakseg.schema import ClipOptions, ErrorCode, InputError
 
 PathLike = Union[str, "os.PathLike[str]"]
 #: Anything :func:`build_request` accepts as the frames of one clip.
@@ -171,94 +171,44 @@ def normalize_prompts(prompts: Union[str, Sequence[str], None]) -> Optional[List
     return result
 
 
-def load_frames(frames: Frames) -> np.ndarray:
-    """Decode any accepted input into one T x H x W [x 3] array (keeps uint16/float32), exactly as the
-    service decodes it (:func:`leakseg.io.frames.load_clip`). Used to draw overlays; a request itself
-    never re-encodes image files."""
-    return load_clip(frames)
-
-
 # --------------------------------------------------------------------------------------------
-# collecting frames
+# collecting frames: what the caller handed over is sorted by leakseg.io.frames.sort_input, the
+# rule the overlays and the service's own readers follow too; the client only encodes each kind
 
 
 def _collect(frames: Frames) -> _Clip:
-    if isinstance(frames, np.ndarray):
-        return _check_clip_array(frames)
-    if isinstance(frames, Image.Image):
-        return [_encode_pil(frames, 0)]
-    if isinstance(frames, (str, os.PathLike)):
-        return _collect_path(Path(frames))
-    if isinstance(frames, (bytes, bytearray)) or not isinstance(frames, Sequence):
-        raise TypeError(
-            "frames must be a path, a folder, a .npy/.npz path, a numpy array, a PIL image, "
-            f"or a list of paths, arrays or PIL images; got {type(frames).__name__}"
-        )
-    return _collect_list(list(frames))
-
-
-def _collect_path(path: Path) -> _Clip:
-    if path.is_dir():
-        files = list_image_files(path)
-        if not files:
-            raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
-        return [_read_image_file(p) for p in files]
-    if path.suffix.lower() in CLIP_SUFFIXES:
-        return _ClipFile(path.name, path.read_bytes())
-    return [_read_image_file(path)]
-
-
-def _collect_list(items: List[Any]) -> _Clip:
-    if not items:
-        raise ValueError("no frames given")
-    kinds = {_kind(item) for item in items}
-    if len(kinds) > 1:
-        raise TypeError(f"frames mix {' and '.join(sorted(kinds))}; give one kind")
-    kind = kinds.pop()
-    if kind == "array":
-        return _check_clip_array(stack_frames([np.asarray(a) for a in items], "array"))
-    if kind == "PIL image":
-        return [_encode_pil(img, i) for i, img in enumerate(items)]
-    paths = [Path(p) for p in items]
-    for p in paths:
-        if p.suffix.lower() in CLIP_SUFFIXES or p.is_dir():
-            raise ValueError(f"{p}: a folder or .npy/.npz clip must be passed on its own, not in a list")
-    return [_read_image_file(p) for p in paths]
-
-
-def _kind(item: Any) -> str:
-    if isinstance(item, np.ndarray):
-        return "array"
-    if isinstance(item, Image.Image):
-        return "PIL image"
-    if isinstance(item, (str, os.PathLike)):
-        return "path"
-    raise TypeError(f"unsupported frame type {type(item).__name__}")
+    given = sort_input(frames)
+    if given.array is not None:
+        return _check_clip_array(given.array)
+    if given.images:
+        return [_encode_pil(img, i) for i, img in enumerate(given.images)]
+    if given.clip_file is not None:
+        return _ClipFile(given.clip_file.name, given.clip_file.read_bytes())
+    return [_read_image_file(p) for p in given.image_files]
 
 
 def _check_clip_array(arr: np.ndarray) -> np.ndarray:
-    """A T x H x W or T x H x W x 3 array in a supported dtype, little-endian and contiguous."""
-    if arr.ndim == 2:
-        raise ValueError(
-            f"a {arr.shape} array is one frame; a clip is T x H x W [x 3] (use arr[None] or a list)"
-        )
-    if not (arr.ndim == 3 or (arr.ndim == 4 and arr.shape[-1] == 3)):
-        raise ValueError(f"a clip array must be T x H x W or T x H x W x 3, got shape {arr.shape}")
-    if arr.size == 0:
+    """A clip array the service takes as a ``clip`` part (its rule for .npy clips), little-endian and contiguous."""
+    check_array_layout(arr.shape, arr.dtype, "frames", limits=None)
+    if arr.size == 0:  # the service would answer no_frames; say so before sending
         raise ValueError(f"empty clip array {arr.shape}")
-    native = arr.dtype.newbyteorder("=")
-    if native not in SUPPORTED_DTYPES:
-        raise ValueError(
-            f"unsupported dtype {arr.dtype}: use uint8, uint16 or float32 (e.g. arr.astype(np.float32))"
-        )
-    return np.ascontiguousarray(arr, dtype=native.newbyteorder("<"))
+    return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
 
 
 def _read_image_file(path: Path) -> _ImageFile:
-    if path.is_dir():
-        raise ValueError(f"{path} is a folder; pass it on its own, not in a list")
     content = path.read_bytes()
-    return _ImageFile(path.name, content, _sniff(content, str(path)))
+    mime = _sniff(content, str(path))
+    _check_image_header(content, path.name)
+    return _ImageFile(path.name, content, mime)
+
+
+def _check_image_header(content: bytes, name: str) -> None:
+    """What the service refuses from an image's header (a 16-bit colour PNG or TIFF: Pillow would keep only
+    each value's high byte) is refused here, before sending, with the service's code and message."""
+    try:
+        open_image(content, name).close()
+    except InputError as exc:
+        raise InvalidInput(exc.code, exc.message, field=exc.field) from exc
 
 
 def _sniff(content: bytes, name: str) -> str:
@@ -275,22 +225,14 @@ def _encode_pil(img: Image.Image, index: int) -> _ImageFile:
 
 
 def _png_ready(img: Image.Image) -> Image.Image:
-    """The image in a mode PNG stores without loss of what the model sees."""
-    mode = img.mode
-    if mode in ("L", "RGB", "I;16"):
-        return img
-    if mode in ("I;16B", "I;16L", "I;16N"):
-        return Image.fromarray(np.asarray(img).astype(np.uint16))
-    if mode == "I":  # 32-bit int, as some readers open 16-bit files: keep it if it fits 16 bits
-        arr = np.asarray(img)
-        if arr.size and (arr.min() < 0 or arr.max() > 65535):
-            raise ValueError("a mode 'I' image with values outside 0..65535 cannot be sent as a PNG")
-        return Image.fromarray(arr.astype(np.uint16))
-    if mode == "F":
+    """The pixels the service would decode from ``img`` (leakseg.io.frames.image_to_array), in an image
+    mode PNG stores without loss; float pixels are refused, PNG cannot hold them."""
+    if img.mode == "F":
         raise ValueError("float PIL images (mode 'F') cannot be PNG-encoded; pass np.asarray(img) instead")
-    if mode in ("1", "LA"):
-        return img.convert("L")
-    return img.convert("RGB")  # P, RGBA, CMYK, YCbCr, ...: the model sees RGB
+    pixels = image_to_array(img)
+    if pixels.dtype == np.float32:  # mode "I" (32-bit int) beyond 16 bits
+        raise ValueError("a mode 'I' image with values outside 0..65535 cannot be sent as a PNG")
+    return Image.fromarray(pixels)
 
 
 # --------------------------------------------------------------------------------------------
@@ -358,8 +300,9 @@ def _png_bytes(frame: np.ndarray) -> bytes:
             "float32 frames cannot be sent in the JSON form without rounding; "
             "use form='multipart' (sends the array losslessly) or convert to uint8/uint16"
         )
-    if frame.dtype == np.uint16 and frame.ndim == 3:
-        raise ValueError("16-bit RGB frames cannot be sent in the JSON form; use form='multipart'")
+    if frame.dtype == np.uint16 and frame.ndim == 3:  # the service refuses 16-bit colour PNGs (they would lose bits)
+        raise InvalidInput(ErrorCode.FRAME_DECODE_ERROR, "16-bit RGB frames cannot be sent in the JSON form (as "
+                           "PNG they would lose their low byte); use form='multipart', which sends them as .npy")
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(frame.astype(frame.dtype.newbyteorder("=")))).save(buf, format="PNG")
     return buf.getvalue()
@@ -370,4 +313,4 @@ def _png_bytes(frame: np.ndarray) -> bytes:
 
 
 def _load_clip_file(clip: _ClipFile) -> np.ndarray:
-    return np.stack(decode_clip_array(clip.content, clip.filename))
+    return np.stack(decode_clip_bytes(clip.content, clip.filename))

@@ -15,7 +15,10 @@ The v2 request (leakseg/serving/oip.py has the server side): one input ``frames`
   keeps only one BYTES element, so there only a numpy clip works in this form.
 
 Prompts and options travel as the input's ``parameters`` (TorchServe's envelope drops the
-request's own parameters but keeps the inputs').
+request's own parameters but keeps the inputs'). Both protocols carry the same token as
+``Authorization: Bearer``: TorchServe's inference key, or `leakseg kserve`'s API key (``token=``,
+``$LEAKSEG_TOKEN``, or ``key_file=``/``$LEAKSEG_KEY_FILE``, a one-line key file or TorchServe's
+key_file.json).
 """
 
 from __future__ import annotations
@@ -27,9 +30,9 @@ from typing import Any, Dict, List, Mapping, Sequence, Union
 import numpy as np
 
 from leakseg.client.inputs import (
-    _ClipFile, _collect, _load_clip_file, _npy_bytes, Frames, RequestBody, load_frames, normalize_prompts,
-    validate_options,
+    _ClipFile, _collect, _load_clip_file, _npy_bytes, Frames, RequestBody, normalize_prompts, validate_options,
 )
+from leakseg.io.frames import clip_array_from
 
 TORCHSERVE = "torchserve"
 V2 = "v2"
@@ -71,7 +74,7 @@ def v2_describe_request() -> RequestBody:
 
 
 def _tensor_input(frames: Frames) -> Dict[str, Any]:
-    arr = np.asarray(load_frames(frames))
+    arr = np.asarray(clip_array_from(frames))
     if arr.dtype not in _DATATYPES:
         if np.issubdtype(arr.dtype, np.integer) and arr.size and arr.min() >= 0 and arr.max() <= 65535:
             arr = arr.astype(np.uint16)  # 16-bit PNGs open as 32-bit ints

@@ -81,7 +81,7 @@ def run(args):
         return 1
     print(f"wrote {mar}")
     if getattr(args, "kserve", None):
-        from leakseg.export.kserve import write_kserve_layout
+        from leakseg.export.kserve_layout import write_kserve_layout
 
         print(f"wrote KServe layout {write_kserve_layout(mar, args.kserve, workers=args.workers)}")
     return 0

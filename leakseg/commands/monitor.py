@@ -8,8 +8,10 @@ will), a read-only Modbus TCP register map, and a rotated JSON lines log. Every 
 documented in docs/SCADA.md; examples/monitor.yaml is a complete example.
 
 Lost or frozen cameras are CAMERA_FAULT and an unreachable or failing service is SERVICE_FAULT,
-never "no leak". When the service is slower than the cameras whole windows are dropped (and
-counted). SIGINT/SIGTERM finish the clips in flight, publish every camera OFFLINE, exit 0.
+never "no leak"; so is a window that fails in any way, and windows waiting with none analysed.
+When the service is slower than a live camera whole windows are dropped (and counted); replays
+(realtime: false, a drop folder with its END file) wait instead. SIGINT/SIGTERM publish every
+camera OFFLINE first, then exit 0 within shutdown_seconds.
 
 examples:
   leakseg monitor --check monitor.yaml                 # validate the file, start nothing
@@ -22,7 +24,11 @@ exit status: 0 after a clean stop, 2 for an invalid configuration or bad argumen
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
+
+log = logging.getLogger("leakseg.monitor")
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -40,44 +46,80 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    import logging
-
-    from leakseg.monitor.config import ConfigError, load_config
-
     path = args.check if isinstance(args.check, str) else args.config
     if not path:
         print("leakseg monitor: give --config FILE (or --check FILE)", file=sys.stderr)
         return EXIT_USAGE
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        print(f"invalid configuration:\n{exc}", file=sys.stderr)
+    config = _load(path)
+    if config is None:
         return EXIT_USAGE
     if args.check:
         print(summary(config, path))
-        return EXIT_OK
+        return EXIT_OK if _passwords_set(config) else EXIT_USAGE
+    return _monitor(args, config)
 
-    from leakseg.monitor.runner import ArchiveSegmenter, Monitor, ServiceSegmenter, SinkStartError
+
+def _passwords_set(config) -> bool:
+    """False (after saying so) when an OPC UA user's password variable is set but empty: the sink refuses
+    to start then, and `--check` must say so before a deployment finds out."""
+    from leakseg.monitor.sinks.opcua import empty_passwords
+
+    users = empty_passwords(config.sinks.opcua) if config.sinks.opcua else []
+    for user in users:
+        print(f"invalid configuration: sinks.opcua user {user!r}: its password variable is set but empty",
+              file=sys.stderr)
+    return not users
+
+
+def _load(path):
+    """The validated configuration, or None after printing what is wrong with it."""
+    from leakseg.monitor.config import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"invalid configuration:\n{exc}", file=sys.stderr)
+        return None
+
+
+def _monitor(args, config) -> int:
+    from leakseg.monitor.runner import Monitor, SinkStartError
     from leakseg.monitor.sinks import build_sinks
 
-    log = logging.getLogger("leakseg.monitor")
     try:
-        if args.archive:
-            segmenter = ArchiveSegmenter(args.archive, device=args.device)
-        else:
-            s = config.service
-            segmenter = ServiceSegmenter(s.url, s.model, str(s.key_file) if s.key_file else None, s.token_env,
-                                         s.timeout, pool_size=s.concurrency + 2)
+        segmenter = _segmenter(args, config)
     except Exception as exc:  # noqa: BLE001 - a bad archive or key file: say so and stop
         log.error("cannot load the model: %s", exc)
         return EXIT_FAIL
     monitor = Monitor(config, segmenter, build_sinks(config), until_sources_end=args.until_end,
                       status_table=False if args.no_table else None)
     try:
-        return monitor.run()
+        code = monitor.run()
     except (SinkStartError, OSError) as exc:  # e.g. a port already in use
         log.error("%s", exc)
         return EXIT_FAIL
+    if monitor.calls.abandoned:
+        _exit_now(code)  # OFFLINE is out and the outputs are stopped; only the hung calls are left
+    return code
+
+
+def _exit_now(code: int) -> None:
+    """End the process without the interpreter's teardown: a call abandoned at the shutdown deadline may
+    be inside native code (ONNX Runtime), and tearing the interpreter down under it aborts the process."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _segmenter(args, config):
+    from leakseg.monitor.segmenters import ArchiveSegmenter, ServiceSegmenter
+
+    if args.archive:
+        return ArchiveSegmenter(args.archive, device=args.device)
+    s = config.service
+    return ServiceSegmenter(s.url, s.model, str(s.key_file) if s.key_file else None, s.token_env, s.timeout,
+                            pool_size=s.concurrency + 2)
 
 
 def summary(config, path) -> str:
@@ -85,6 +127,8 @@ def summary(config, path) -> str:
     for i, cam in enumerate(config.cameras):
         a = cam.alarm
         rate = f"{cam.analysis_fps:g} fps" if cam.analysis_fps and cam.kind == "stream" else "every frame"
+        if cam.lossless:
+            rate += " (a replay: waits for the service, drops nothing)"
         lines.append(
             f"  {cam.name}: {cam.kind} {cam.source} | {rate}, clips of {cam.clip_frames} | LEAK when >= "
             f"{a.min_area_pixels} px in {a.k} of {a.n} frames, clear after {a.clear_frames}"

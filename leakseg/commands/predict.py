@@ -27,7 +27,7 @@ def add_arguments(parser):
 
 def run(args):
     from leakseg.inference import Predictor
-    from leakseg.io.frames import read_frames
+    from leakseg.io.frames import read_clip_paths
     from leakseg.schema import InputError
 
     options = postprocess_overrides(args)
@@ -35,7 +35,7 @@ def run(args):
         options["return_probabilities"] = True
     predictor = Predictor.from_archive(args.archive, device=args.device)
     try:
-        frames, names = read_frames(args.frames, predictor.limits)
+        frames, names = read_clip_paths(args.frames, predictor.limits)
         result = predictor.predict(frames, args.prompts, options, names)
     except InputError as exc:
         print(exc.to_response().model_dump_json(indent=2), file=sys.stderr)

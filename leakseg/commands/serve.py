@@ -4,6 +4,7 @@ Starts TorchServe with config.properties (./config.properties, else the reposito
 the archives, waits until every model's workers are READY and prints the inference URL. The
 run folder (.leakseg/serve) holds the effective configuration, TorchServe's key_file.json and
 the state `--stop`, `--check`, `--print-token` and `--rotate-token` read; logs go to --log-dir.
+The run folder must be new or empty (or one leakseg serve made): it is leakseg's, never the user's.
 
 examples:
   leakseg serve                                  # every .mar in model_store/, in the background
@@ -29,7 +30,8 @@ def add_arguments(parser):
                         help="override one config.properties key (repeatable)")
     parser.add_argument("--log-dir", type=Path, default=Path("logs"), help="TorchServe's logs (default ./logs)")
     parser.add_argument("--run-dir", type=Path, default=Path(".leakseg/serve"),
-                        help="state, effective config and key file (default ./.leakseg/serve)")
+                        help="state, effective config and key file: a new or empty folder, or one leakseg serve "
+                             "made (default ./.leakseg/serve)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the workers (default 300)")
     parser.add_argument("--foreground", action="store_true",
                         help="stay attached (logs on the console) until SIGTERM/Ctrl-C; for containers")
@@ -43,7 +45,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from leakseg.serving import server as serve
+    from leakseg.serving import torchserve_process as serve
 
     try:
         if args.stop:
@@ -87,7 +89,7 @@ def _print_ready(server, run_dir):
 def _stop(serve, run_dir):
     try:
         server = serve.Server.load(run_dir)
-    except serve.ServeError:
+    except serve.NotStarted:  # a state file that is not ours is an error (exit 1), not "not running"
         print("TorchServe is not running (nothing started from this run folder)")
         return 0
     if server.is_running():

@@ -12,7 +12,7 @@ Version 3 (the default) adds the distractors of real OGI footage: static hot and
 shapes, steam-free exhaust shimmer, faster clouds, birds anywhere, out-of-focus insects, sky reflections,
 strong fixed-pattern noise, gain/offset drift and flat-field steps, camera shake, far/near sources and thin
 or faint plumes; a third of its clips are leak-free (hard negatives) and a third start or stop mid-clip.
---version 2 writes exactly what version 2 wrote. Each effect is described in leakseg.training.synth and
+--version 2 writes exactly what version 2 wrote. Each effect is described in leakseg.synth.effects and
 docs/DEFAULT_MODEL.md; --effect NAME=STRENGTH scales one (0 turns it off).
 
 Example:
@@ -33,7 +33,7 @@ def _fraction(text):
 
 
 def _effect(text):
-    from leakseg.training.synth import V3_EFFECTS
+    from leakseg.synth import V3_EFFECTS
 
     name, sep, value = text.partition("=")
     if not sep or name not in V3_EFFECTS:
@@ -81,7 +81,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from leakseg.training.synth import CALM_EFFECTS, DEFAULT_FRACTIONS, VISIBILITY_THRESHOLD, write_dataset
+    from leakseg.synth import CALM_EFFECTS, DEFAULT_FRACTIONS, VISIBILITY_THRESHOLD, write_dataset
 
     free, partial = DEFAULT_FRACTIONS[args.version]
     free = free if args.leak_free_fraction is None else args.leak_free_fraction

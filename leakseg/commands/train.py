@@ -25,8 +25,6 @@ examples:
       --val /tmp/lv12 --out runs/r4   # the bundled default model (docs/DEFAULT_MODEL.md)
 """
 
-from pathlib import Path
-
 from leakseg.commands import add_postprocess_arguments, postprocess_overrides
 
 
@@ -41,15 +39,28 @@ def _positive(kind):
     return parse
 
 
+def _family(name: str) -> str:
+    """A registered model family's name (the registry is read only when --arch is given: it imports torch)."""
+    import argparse
+
+    from leakseg.model import get_family
+
+    try:
+        return get_family(name).name
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_arguments(parser):
+    # Each argument's dest is the TrainConfig field it sets (TrainConfig.from_args).
     parser.add_argument("data", metavar="DATA", help="training folder: SCENE/images/*, SCENE/masks/*")
-    parser.add_argument("--out", required=True, type=Path, help="output folder (OUT/best, OUT/last)")
+    parser.add_argument("--out", required=True, help="output folder (OUT/best, OUT/last)")
     parser.add_argument("--init", metavar="CHECKPOINT",
                         help="authors' .pth or native checkpoint folder; omit to train from scratch")
     parser.add_argument("--backbone", default="pvt_v2_b0",
                         help="PVTv2 variant for scratch training (default pvt_v2_b0); ignored with --init")
-    parser.add_argument("--arch", choices=("jvlgs", "fgstp"),
-                        help="model family for scratch training (default jvlgs); with --init the checkpoint's family "
+    parser.add_argument("--arch", type=_family, metavar="FAMILY",
+                        help="model family for scratch training: jvlgs (default) or fgstp; with --init the checkpoint's family "
                              "is used (an FGSTP checkpoint such as gasvid_best.pth fine-tunes FGSTP). FGSTP trains with "
                              "its published loss: all four decoder maps of both neighbours and the fused logits")
     parser.add_argument("--val", metavar="DIR", help="validation folder, evaluated after every epoch")
@@ -81,29 +92,22 @@ def add_arguments(parser):
                              "weights, optimiser, step/epoch counters, position in the epoch, RNGs, learning-rate "
                              "schedule; --max-minutes and --max-steps then count the whole run, earlier sessions "
                              "included. Give the same DATA and sampler settings (checked)")
-    parser.add_argument("--save-every", type=_positive(float), metavar="MIN",
+    parser.add_argument("--save-every", type=_positive(float), metavar="MIN", dest="save_every_minutes",
                         help="also save OUT/last (resumable) every MIN minutes, not only after each epoch")
     post = parser.add_argument_group(
         "serving post-processing this checkpoint recommends (used for validation, saved in config.json, the "
         "default of `leakseg export`)")
     add_postprocess_arguments(post, "default: the --init checkpoint's recommendation, else the published value")
-    parser.add_argument("--no-augment", action="store_true", help="no augmentation")
+    parser.add_argument("--no-augment", action="store_false", dest="augment", help="no augmentation")
     parser.add_argument("--seed", type=int, default=0, help="seed for init, shuffling and augmentation")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_false", dest="progress", help="no progress bar")
 
 
 def run(args):
     from leakseg.training.loop import TrainConfig, train
 
-    cfg = TrainConfig(
-        data=str(args.data), out=str(args.out), init=args.init, backbone=args.backbone, arch=args.arch, val=args.val,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, size=args.size, crop=args.crop,
-        sampler=args.sampler, window=args.window, val_every=args.val_every, few_shot=args.few_shot, postprocess=postprocess_overrides(args),
-        max_minutes=args.max_minutes, max_steps=args.max_steps, seed=args.seed, augment=not args.no_augment,
-        device=args.device, progress=not args.no_progress, resume=args.resume, save_every_minutes=args.save_every,
-    )
-    result = train(cfg)
+    result = train(TrainConfig.from_args(args, postprocess=postprocess_overrides(args)))
     losses = result.epoch_losses
     print(f"{result.steps} steps, {result.epochs:.2f} epochs in {result.seconds / 60:.1f} min ({result.stopped}); "
           f"epoch loss {losses[0]:.4f} -> {losses[-1]:.4f}" if losses else "no steps run")

@@ -41,11 +41,11 @@ class ExportOptions:
     def postprocess_defaults(self, family: str = "jvlgs") -> ClipOptions:
         """The archive's defaults: the command line's, over the checkpoint's recommendation, over
         the family's published post-processing (FGSTP's test script does not open the masks)."""
-        from leakseg.model import PUBLISHED_POSTPROCESS
+        from leakseg.model import get_family
         from leakseg.model.checkpoint import native_postprocess_defaults
 
-        return ClipOptions(**{**PUBLISHED_POSTPROCESS[family], **native_postprocess_defaults(self.checkpoint),
-                              **self.postprocess})
+        published = get_family(family).published_postprocess
+        return ClipOptions(**{**published, **native_postprocess_defaults(self.checkpoint), **self.postprocess})
 
 
 class _Steps:
@@ -68,9 +68,10 @@ def import_model(opts: ExportOptions):
     """Step 1: the vision model with its weights, and what can embed prompts for it.
 
     Returns (model, bank, text_model): a native checkpoint brings its prompt bank and no
-    text model; an authors' JVLGS checkpoint brings its fine-tuned text model; an FGSTP model
-    takes no prompts (the empty bank, no text model).
+    text model; an authors' JVLGS checkpoint brings its fine-tuned text model; a family that
+    takes no prompts (FGSTP) gets the empty bank and no text model.
     """
+    from leakseg.model import get_family
     from leakseg.model.checkpoint import import_authors_checkpoint, is_native_checkpoint, load_native
     from leakseg.model.prompts import PromptBank
     from leakseg.model.text import build_text_model, load_text_model_dir
@@ -80,7 +81,7 @@ def import_model(opts: ExportOptions):
         text_model = load_text_model_dir(opts.text_model_dir) if opts.text_model_dir and bank.takes_prompts else None
         return model, bank, text_model
     model, text_sd = import_authors_checkpoint(opts.checkpoint, opts.prompts)
-    if model.family == "fgstp":
+    if not get_family(model.family).takes_prompts:
         return model, PromptBank.empty(), None
     if text_sd:
         return model, None, build_text_model(model.config.text_model, text_sd)
@@ -90,12 +91,14 @@ def import_model(opts: ExportOptions):
 
 
 def make_prompt_bank(opts: ExportOptions, model, bank, text_model):
-    """Step 2: embeddings of the P prompts and the extra ones, computed once (none for FGSTP)."""
+    """Step 2: embeddings of the P prompts and the extra ones, computed once (none for a family that
+    takes no prompts)."""
+    from leakseg.model import get_family
     from leakseg.model.text import build_prompt_bank
     from leakseg.model.tokenizer import load_tokenizer
     from leakseg.model.prompts import PromptBank
 
-    if "text" not in model.input_names:
+    if not get_family(model.family).takes_prompts:
         if opts.prompts or opts.extra_prompts:
             raise ValueError(f"this is an {model.family.upper()} checkpoint, which takes no prompts; "
                              "drop --prompts/--extra-prompts")
@@ -119,6 +122,7 @@ def make_prompt_bank(opts: ExportOptions, model, bank, text_model):
 
 def export_archive(opts: ExportOptions) -> Path:
     from leakseg.export.archive import write_archive
+    from leakseg.model import get_family
     from leakseg.model.checkpoint import checkpoint_sha256
     from leakseg.export.graph import OPSET, check_graph, export_onnx, export_torchscript
     from leakseg.inference.runtime import load_graph
@@ -132,8 +136,9 @@ def export_archive(opts: ExportOptions) -> Path:
     steps.start(f"importing {opts.checkpoint}")
     model, bank, text_model = import_model(opts)
     postprocess = opts.postprocess_defaults(model.family)
+    takes_prompts = get_family(model.family).takes_prompts
     steps.finish(f"{model.family.upper()}, {model.config.backbone}"
-                 + (f", P={model.config.prompt_count}" if "text" in model.input_names else ""))
+                 + (f", P={model.config.prompt_count}" if takes_prompts else ""))
     steps.start("embedding prompts")
     bank = make_prompt_bank(opts, model, bank, text_model)
     steps.finish(f"{len(bank.prompts)} prompts, defaults {bank.defaults}" if bank.takes_prompts

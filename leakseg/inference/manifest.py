@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import zipfile
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from leakseg.io.frames import ClipLimits
 from leakseg.schema import ClipOptions
@@ -35,6 +35,29 @@ class ArchiveManifest(BaseModel):
     graph_check: Optional[dict] = Field(None, description="the export check: absolute and relative logit "
                                         "difference, mask IoU, tolerances (leakseg.export.graph.GraphCheck)")
     opset: Optional[int] = None
+
+    @field_validator("graph_file", "prompt_bank_file")
+    @classmethod
+    def _plain_names(cls, name: str) -> str:
+        return plain_file_name(name)
+
+
+def plain_file_name(name: str) -> str:
+    """``name`` when it names a file at the archive's top level; ValueError for anything a path join
+    would take outside it (folders, ``..``, absolute or drive paths)."""
+    if name in ("", ".", "..") or any(c in name for c in "/\\\0") or PureWindowsPath(name).drive:
+        raise ValueError(f"{name!r} is not a plain file name inside the archive (no folders, no '..')")
+    return name
+
+
+def archive_file(model_dir: Path, name: str) -> Path:
+    """The file ``name`` of an extracted archive, refused (ValueError) unless it is a plain name of a file
+    in ``model_dir`` itself, a link out of the folder included: the manifest is the archive's, not ours."""
+    folder = Path(model_dir).resolve()
+    path = (folder / plain_file_name(name)).resolve()
+    if path.parent != folder:
+        raise ValueError(f"{name!r} in the archive {model_dir} leads outside it (to {path})")
+    return path
 
 
 def extract_archive(mar_path: Path, into: Path) -> Path:

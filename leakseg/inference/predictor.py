@@ -26,11 +26,12 @@ from typing import List, Optional, Sequence, Union
 import numpy as np
 from pydantic import ValidationError
 
-from leakseg.inference.manifest import MANIFEST_FILE, ArchiveManifest, extract_archive
+from leakseg.inference.manifest import MANIFEST_FILE, ArchiveManifest, archive_file, extract_archive
 from leakseg.inference.postprocess import FrameFacts, postprocess
 from leakseg.inference.preprocess import preprocess_clip
 from leakseg.inference.runtime import TorchGraph, load_graph
 from leakseg.io.frames import ClipLimits, check_clip, to_uint8_clip
+from leakseg.model.family import DEFAULT_FAMILY
 from leakseg.model.prompts import PromptBank
 from leakseg.model.temporal import batch_neighbours
 from leakseg.schema import (
@@ -93,7 +94,7 @@ class Predictor:
         self.limits = limits or ClipLimits()
         self.manifest = manifest  # None for a Predictor around an eager model
         self.input_size = int(config["input_size"])
-        self.family = config.get("model_type") or "jvlgs"  # configs written before FGSTP are JVLGS
+        self.family = config.get("model_type") or DEFAULT_FAMILY  # configs written before FGSTP are JVLGS
         # PIL releases the GIL while resizing, so the frames of a clip are preprocessed in parallel.
         self._pool = ThreadPoolExecutor(max_workers=prepare_threads, thread_name_prefix="leakseg-prep")
 
@@ -102,9 +103,10 @@ class Predictor:
     def from_model_dir(cls, model_dir: Union[str, Path], device: str = "auto", threads: Optional[int] = None) -> "Predictor":
         """From an extracted archive (what TorchServe hands a handler)."""
         d = Path(model_dir)
-        manifest = ArchiveManifest.model_validate_json((d / MANIFEST_FILE).read_text())
-        graph = load_graph(str(d / manifest.graph_file), manifest.format, device, threads)
-        bank = PromptBank.load(d / manifest.prompt_bank_file)
+        # Every file by archive_file: the manifest's names are the archive's, and must not lead outside it.
+        manifest = ArchiveManifest.model_validate_json(archive_file(d, MANIFEST_FILE).read_text())
+        graph = load_graph(str(archive_file(d, manifest.graph_file)), manifest.format, device, threads)
+        bank = PromptBank.load(archive_file(d, manifest.prompt_bank_file))
         log.info("loaded %s v%s (%s, %s)", manifest.name, manifest.version, manifest.config["backbone"], graph.name)
         return cls(graph, bank, name=manifest.name, version=manifest.version, config=manifest.config,
                    defaults=manifest.postprocess, limits=manifest.limits, manifest=manifest)

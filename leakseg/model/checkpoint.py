@@ -1,15 +1,16 @@
 """Checkpoint import: the authors' ``.pth`` files and leakseg's native format.
 
-The authors' checkpoints of both families, optionally prefixed ``module.``: JVLGS (keys and shapes
-as in shared/reference/b5_reference_manifest.json; the whole network, text model included) and
-FGSTP (fgstp_b5_reference_manifest.json: no text, ``backbone.decoder.NCD.*``). ``checkpoint_family``
-tells them apart by their keys, ``infer_config`` reads the architecture off tensor shapes, and
-``filter_authors_state_dict`` translates the names to leakseg's modules, as timm's checkpoint
-filter functions do.
+The authors' checkpoints of every registered family, optionally prefixed ``module.``
+(docs/MODELS.md, "Checkpoints"; tests/data holds the published b5 layouts). :func:`checkpoint_family`
+tells the families apart by their keys, :func:`infer_config` reads the architecture off tensor
+shapes, and :func:`filter_authors_state_dict` translates the names to leakseg's modules, as timm's
+checkpoint filter functions do. What differs between families (marks, required keys, their own
+renames, their config's shape) is each family's spec (leakseg.model.family); this module holds what
+they share.
 
 The native format is a folder: ``config.json`` (the model's config, its ``model_type`` the family,
 plus the prompt bank's prompt list) and ``model.safetensors`` (vision weights and prompt
-embeddings; no text encoder; an FGSTP checkpoint has an empty prompt bank).
+embeddings; no text encoder; a family that takes no prompts has an empty prompt bank).
 """
 
 from __future__ import annotations
@@ -22,50 +23,10 @@ from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 
-from leakseg.model import (
-    PVT_VARIANTS, FGSTPConfig, JVLGSConfig, TextModelConfig, TripletNetwork, build_model, config_from_dict,
-)
+from leakseg.model import PVT_VARIANTS, TripletConfig, TripletNetwork, build_model, config_from_dict, get_family
+from leakseg.model.family import ModelFamily, registered_families
+from leakseg.model.layout import PVT_PREFIX, SHARED_RENAMES, TEXT_PREFIX, CheckpointError, rename_key
 from leakseg.model.prompts import PromptBank
-
-PVT_PREFIX = "backbone.encoder.pvtv2_en."
-TEXT_PREFIX = "nlpmodel."
-#: Keys every authors' checkpoint of a family has, whatever its backbone and text model size.
-REQUIRED_KEYS = {
-    "jvlgs": (
-        PVT_PREFIX + "patch_embed1.proj.weight",
-        "visual_proj.weight",
-        "fmap_proj.weight",
-        "backbone.decoder.final_conv.weight",
-        "fusion_conv.0.weight",
-    ),
-    "fgstp": (
-        PVT_PREFIX + "patch_embed1.proj.weight",
-        "backbone.decoder.NCD.conv5.weight",
-        "backbone.decoder.RS3.strong_gra.score.weight",
-        "fusion_conv.0.weight",
-    ),
-}
-
-#: Authors' name -> leakseg name, applied in order (regular expressions on the whole key).
-_RENAMES = [
-    (r"^backbone\.encoder\.rfb(\d)_1\.branch(\d)\.", lambda m: f"encoder.rfb.{int(m[1]) - 2}.branches.{m[2]}."),
-    (r"^backbone\.encoder\.rfb(\d)_1\.", lambda m: f"encoder.rfb.{int(m[1]) - 2}."),
-    (r"^backbone\.decoder\.NCD\.", lambda m: "decoder.ncd."),
-    (r"^backbone\.decoder\.RS(\d)\.(\w+_gra)\.conv\.0\.", lambda m: f"decoder.rs{m[1]}.{m[2]}.conv."),
-    (r"^backbone\.decoder\.RS(\d)\.", lambda m: f"decoder.rs{m[1]}."),
-    (r"^backbone\.decoder\.", lambda m: "decoder."),
-    (r"^(visual_proj|fmap_proj)\.", lambda m: f"vlf.{m[1]}."),
-    (r"^ctc\.nl_layer(\d)\.nonlocals\.0\.", lambda m: f"ctc.nl_layers.{int(m[1]) - 1}.nonlocal_block."),
-    (r"^ctc\.nl_layer(\d)\.", lambda m: f"ctc.nl_layers.{int(m[1]) - 1}."),
-    (r"^ctc\.conv(\d)\.", lambda m: f"ctc.convs.{int(m[1]) - 1}."),
-    (r"^fsp(\d)\.gate_genator\.", lambda m: f"gsa.{int(m[1]) - 1}.gate_generator."),
-    (r"^fsp(\d)\.BNReLU\.", lambda m: f"gsa.{int(m[1]) - 1}.fuse_conv."),
-    (r"^fsp(\d)\.", lambda m: f"gsa.{int(m[1]) - 1}."),
-]
-
-
-class CheckpointError(ValueError):
-    """A file that is not a JVLGS or FGSTP checkpoint leakseg can import; the message names the keys."""
 
 
 def _summarise(keys: Iterable[str], limit: int = 8) -> str:
@@ -119,79 +80,31 @@ def _infer_backbone(sd: Dict[str, torch.Tensor]) -> str:
     )
 
 
-def _infer_text_model(sd: Dict[str, torch.Tensor]) -> Optional[TextModelConfig]:
-    token = sd.get(TEXT_PREFIX + "text_model.embeddings.token_embedding.weight")
-    if token is None:
-        return None
-    layers = {int(m[1]) for k in sd if (m := re.match(r"nlpmodel\.text_model\.encoder\.layers\.(\d+)\.", k))}
-    try:
-        positions = sd[TEXT_PREFIX + "text_model.embeddings.position_embedding.weight"].shape[0]
-        mlp = sd[TEXT_PREFIX + "text_model.encoder.layers.0.mlp.fc1.weight"].shape[0]
-    except KeyError as exc:
-        raise CheckpointError(f"the text model is incomplete: missing {exc.args[0]}") from exc
-    vocab, hidden = token.shape
-    # Head count is not visible in any shape; OWLv2/CLIP text models use 64-wide heads.
-    return TextModelConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=mlp,
-        num_hidden_layers=max(layers) + 1 if layers else 0,
-        num_attention_heads=max(1, hidden // 64),
-        max_position_embeddings=positions,
-    )
+def _family_of(sd: Dict[str, torch.Tensor]) -> Optional[ModelFamily]:
+    """The first registered family whose marks the state dict carries."""
+    return next((family for family in registered_families() if family.marks(sd)), None)
 
 
 def checkpoint_family(sd: Dict[str, torch.Tensor]) -> str:
-    """"fgstp" for ``backbone.decoder.NCD.*`` without text keys, else "jvlgs" when its keys fit;
-    a CheckpointError naming what each family misses otherwise."""
-    has_text = any(k.startswith((TEXT_PREFIX, "visual_proj.", "fmap_proj.")) for k in sd)
-    has_ncd = any(k.startswith("backbone.decoder.NCD.") for k in sd)
-    family = "fgstp" if has_ncd and not has_text else "jvlgs"
-    if all(k in sd for k in REQUIRED_KEYS[family]):
-        return family
+    """The name of the family whose marks the state dict carries, when it has that family's required
+    keys; a CheckpointError naming what each family misses otherwise."""
+    family = _family_of(sd)
+    if family is not None and all(k in sd for k in family.required_keys):
+        return family.name
     misses = "; ".join(
-        f"as {name.upper()} it is missing {_summarise([k for k in keys if k not in sd], 3)}"
-        for name, keys in REQUIRED_KEYS.items() if any(k not in sd for k in keys)
+        f"as {f.title} it is missing {_summarise([k for k in f.required_keys if k not in sd], 3)}"
+        for f in registered_families() if any(k not in sd for k in f.required_keys)
     )
-    raise CheckpointError(
-        f"not a JVLGS or FGSTP checkpoint: {misses}; it has keys like {_summarise(sd, 5)}"
-    )
+    names = " or ".join(f.title for f in registered_families())
+    raise CheckpointError(f"not a {names} checkpoint: {misses}; it has keys like {_summarise(sd, 5)}")
 
 
-def infer_config(sd: Dict[str, torch.Tensor], prompts: Optional[List[str]] = None) -> Union[JVLGSConfig, FGSTPConfig]:
-    """The architecture of an authors' checkpoint (either family), read off tensor shapes alone."""
-    if checkpoint_family(sd) == "fgstp":
-        if prompts:
-            raise CheckpointError("this is an FGSTP checkpoint: FGSTP takes no prompts (drop --prompts)")
-        channels = sd["backbone.decoder.NCD.conv_upsample1.conv.weight"].shape[0]
-        return FGSTPConfig(backbone=_infer_backbone(sd), feature_channels=channels)
-    text_dim, channels = sd["visual_proj.weight"].shape
-    prompt_count = sd["fmap_proj.weight"].shape[1]
-    text_model = _infer_text_model(sd)
-    if prompts is None:
-        from leakseg.model import DEFAULT_PROMPTS
-
-        if prompt_count != len(DEFAULT_PROMPTS):
-            raise CheckpointError(
-                f"this checkpoint was trained with {prompt_count} prompts; pass its {prompt_count} prompts in order"
-            )
-        prompts = list(DEFAULT_PROMPTS)
-    return JVLGSConfig(
-        backbone=_infer_backbone(sd),
-        feature_channels=channels,
-        text_dim=text_dim,
-        prompt_count=prompt_count,
-        prompts=list(prompts),
-        text_model=text_model,
-    )
-
-
-def _rename(key: str) -> str:
-    for pattern, repl in _RENAMES:
-        new, n = re.subn(pattern, repl, key, count=1)
-        if n:
-            return new
-    return key
+def infer_config(sd: Dict[str, torch.Tensor], prompts: Optional[List[str]] = None) -> TripletConfig:
+    """The architecture of an authors' checkpoint (any family), read off tensor shapes alone."""
+    family = get_family(checkpoint_family(sd))
+    if prompts and not family.takes_prompts:
+        raise CheckpointError(f"this is an {family.title} checkpoint: {family.title} takes no prompts (drop --prompts)")
+    return family.config_from_checkpoint(sd, _infer_backbone(sd), prompts)
 
 
 def filter_authors_state_dict(sd: Dict[str, torch.Tensor], model: TripletNetwork) -> Dict[str, torch.Tensor]:
@@ -200,9 +113,10 @@ def filter_authors_state_dict(sd: Dict[str, torch.Tensor], model: TripletNetwork
 
     pvt = {k[len(PVT_PREFIX):]: v for k, v in sd.items() if k.startswith(PVT_PREFIX)}
     out = {f"encoder.pvt.{k}": v for k, v in checkpoint_filter_fn(pvt, model.encoder.pvt).items()}
+    renames = (*get_family(model.family).checkpoint_renames, *SHARED_RENAMES)
     for k, v in sd.items():
         if not k.startswith((PVT_PREFIX, TEXT_PREFIX)):
-            out[_rename(k)] = v
+            out[rename_key(k, renames)] = v
     return out
 
 
@@ -232,8 +146,8 @@ def text_state_dict(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
 def import_authors_checkpoint(
     path: Union[str, Path], prompts: Optional[List[str]] = None
 ) -> Tuple[TripletNetwork, Dict[str, torch.Tensor]]:
-    """(vision model with weights, text model state dict) from an authors' ``.pth`` of either
-    family (an FGSTP checkpoint has no text model: the dict is empty)."""
+    """(vision model with weights, text model state dict) from an authors' ``.pth`` of any family
+    (a family that takes no prompts has no text model: the dict is empty)."""
     sd = read_torch_checkpoint(path)
     config = infer_config(sd, prompts)
     model = build_model(config)

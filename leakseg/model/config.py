@@ -1,16 +1,19 @@
 """Model configs: everything needed to rebuild a network; saved next to its weights as JSON.
 
-Two families share the encoder, the temporal correlation, GSA and the fusion head: JVLGS
-(:class:`JVLGSConfig`, with prompts) and FGSTP (:class:`FGSTPConfig`, no text, SINet-V2 decoder).
-A config's ``model_type`` is its family; :func:`config_from_dict` rebuilds either from JSON.
+The families share the encoder, the temporal correlation, GSA and the fusion head, and so the fields
+of :class:`TripletConfig`; each family's config (``JVLGSConfig`` in jvlgs.py, ``FGSTPConfig`` in
+fgstp.py) adds its own. A config's ``model_type`` is its family; :func:`config_from_dict` rebuilds
+any registered family's from JSON.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import Union
+
+from leakseg.model.family import DEFAULT_FAMILY, get_family
 
 #: The published prompt list. Order matters: column j of the text matrix feeds fmap_proj input j.
 DEFAULT_PROMPTS = ["white steam", "floating steam", "billowing smoke", "flowing smoke"]
@@ -44,16 +47,21 @@ class TextModelConfig:
         return Owlv2TextConfig(**asdict(self))
 
 
-#: The model families leakseg serves (a config's ``model_type``).
-FAMILIES = ("jvlgs", "fgstp")
+@dataclass
+class TripletConfig:
+    """The fields every family has (the shared encoder, CTC, GSA and fusion head) and the JSON round trip.
 
-#: Each family's post-processing as its authors' test script does it (ClipOptions fields over the
-#: defaults): JVLGS opens the masks with a 9x9 ellipse (the default), FGSTP does not open them.
-PUBLISHED_POSTPROCESS = {"jvlgs": {}, "fgstp": {"opening_kernel": 0}}
+    A family's config adds its own fields and, last, ``model_type``: the family's name (leakseg.model.family).
+    Unknown keys in JSON (e.g. a native checkpoint's extras) are ignored.
+    """
 
+    backbone: str = "pvt_v2_b5"
+    input_size: int = 352
+    feature_channels: int = 32  # RFB output width, the width of every later stage
 
-class _ConfigIO:
-    """JSON round trip shared by the configs (unknown keys, e.g. a native checkpoint's extras, are ignored)."""
+    def __post_init__(self):
+        if self.backbone not in PVT_VARIANTS:
+            raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {sorted(PVT_VARIANTS)}")
 
     @property
     def family(self) -> str:
@@ -75,49 +83,7 @@ class _ConfigIO:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
-def _check_backbone(backbone: str) -> None:
-    if backbone not in PVT_VARIANTS:
-        raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(PVT_VARIANTS)}")
-
-
-@dataclass
-class JVLGSConfig(_ConfigIO):
-    backbone: str = "pvt_v2_b5"
-    input_size: int = 352
-    feature_channels: int = 32  # RFB output width, the width of every later stage
-    text_dim: int = 512  # width of one prompt embedding (OWLv2 pooler_output)
-    prompt_count: int = 4  # P, the input width of fmap_proj
-    prompts: List[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
-    text_model: Optional[TextModelConfig] = field(default_factory=TextModelConfig)
-    model_type: str = "jvlgs"
-
-    def __post_init__(self):
-        if isinstance(self.text_model, dict):
-            self.text_model = TextModelConfig(**self.text_model)
-        _check_backbone(self.backbone)
-        if len(self.prompts) != self.prompt_count:
-            raise ValueError(f"{len(self.prompts)} prompts given for a model with prompt_count={self.prompt_count}")
-
-
-@dataclass
-class FGSTPConfig(_ConfigIO):
-    """FGSTP (ICIP 2025): the JVLGS encoder, CTC, GSA and fusion head without text; SINet-V2 decoder."""
-
-    backbone: str = "pvt_v2_b5"
-    input_size: int = 352
-    feature_channels: int = 32  # RFB output width, the width of every later stage
-    model_type: str = "fgstp"
-
-    def __post_init__(self):
-        _check_backbone(self.backbone)
-
-
-CONFIG_CLASSES = {"jvlgs": JVLGSConfig, "fgstp": FGSTPConfig}
-
-
 def config_from_dict(data: dict):
-    """The config of either family from its JSON (``model_type``; configs written before FGSTP are JVLGS)."""
-    family = data.get("model_type") or "jvlgs"
-    if family not in CONFIG_CLASSES:
-        raise ValueError(f"unknown model_type {family!r}; leakseg knows {list(FAMILIES)}")
-    return CONFIG_CLASSES[family].from_dict(data)
+    """The config of any registered family from its JSON (``model_type``; configs written before FGSTP are JVLGS)."""
+    family = get_family(data.get("model_type") or DEFAULT_FAMILY, kind="model_type")
+    return family.config_class.from_dict(data)

@@ -1,4 +1,4 @@
-"""The FPN decoder and the fusion head (REFERENCE.md 8-9). No activations anywhere."""
+"""The FPN decoder and the fusion head (docs/MODELS.md, "FPN decoder and fusion head"). No activations anywhere."""
 
 from typing import List, Tuple
 

@@ -1,4 +1,4 @@
-"""Vision encoder: timm's PVTv2 (stages 2-4) followed by one RFB per stage (REFERENCE.md 1-2)."""
+"""Vision encoder: timm's PVTv2 (stages 2-4) followed by one RFB per stage (docs/MODELS.md, "Encoder")."""
 
 from __future__ import annotations
 

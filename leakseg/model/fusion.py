@@ -1,4 +1,4 @@
-"""VLF, the vision-language fusion (REFERENCE.md 4)."""
+"""VLF, the vision-language fusion (docs/MODELS.md, "Text and VLF")."""
 
 import torch
 from torch import nn

@@ -1,4 +1,4 @@
-"""GSA, the group split attention applied after the temporal correlation (REFERENCE.md 7)."""
+"""GSA, the group split attention applied after the temporal correlation (docs/MODELS.md, "GSA")."""
 
 import torch
 from torch import nn

@@ -6,8 +6,9 @@ each of its two neighbours, the temporal correlation (CTC), the three GSA module
 (JVLGS: FPN; FGSTP: SINet-V2's reverse attention decoder); the fusion head over the two
 neighbours' final maps gives the target's logits.
 
-``TripletNetwork.decode_clip`` decodes every frame's triplet from features encoded once per frame;
-``decode_triplet`` is the research code's way (three encoder passes per triplet).
+``TripletNetwork.forward_maps`` decodes every frame's triplet from features encoded once per frame;
+``forward_triplet`` is the research code's way (three encoder passes per triplet). docs/MODELS.md
+describes each part.
 """
 
 from __future__ import annotations
@@ -66,9 +67,21 @@ class TripletNetwork(nn.Module):
         second = [f.index_select(0, neighbours[:, 1]) for f in feats]
         return self.decode(feats, first, second, out_size)
 
-    def decode_triplet(self, triplet: torch.Tensor, encode) -> Tuple[torch.Tensor, List[torch.Tensor], List[torch.Tensor]]:
-        """The research code's way on (B, 3, 3, S, S) triplets, target first: ``encode`` runs three
-        times (once per position). Returns (logits, first neighbour's maps, second's maps)."""
-        target, first, second = (encode(triplet[:, i]) for i in range(3))
+    def encode(self, frames: torch.Tensor, *text: torch.Tensor) -> Features:
+        """Features of each frame at strides 8, 16, 32; ``text`` is the text matrix of a family that takes prompts."""
+        raise NotImplementedError
+
+    def forward_maps(self, frames: torch.Tensor, *inputs: torch.Tensor
+                     ) -> Tuple[torch.Tensor, List[torch.Tensor], List[torch.Tensor]]:
+        """The clip forward on the graph's inputs (``input_names``: frames, [text,] neighbours), each frame
+        encoded once, with the decoder's maps of both neighbours (which a published loss may supervise)."""
+        *text, neighbours = inputs
+        return self.decode_clip(self.encode(frames, *text), neighbours, frames.shape[-2:])
+
+    def forward_triplet(self, triplet: torch.Tensor, *text: torch.Tensor
+                        ) -> Tuple[torch.Tensor, List[torch.Tensor], List[torch.Tensor]]:
+        """The research code's way on (B, 3, 3, S, S) triplets, target first: three encoder passes per
+        triplet. Returns (logits, first neighbour's maps, second's maps), the maps coarse to fine."""
+        target, first, second = (self.encode(triplet[:, i], *text) for i in range(3))
         return self.decode(target, first, second, triplet.shape[-2:])
 

@@ -1,4 +1,4 @@
-"""SINet-V2's decoder parts, as FGSTP uses them (REFERENCE.md, FGSTP "Decoder").
+"""SINet-V2's decoder parts, as FGSTP uses them (docs/MODELS.md, "FGSTP decoder").
 
 * :class:`NeighbourConnectionDecoder` (NCD): a coarse map S_g at stride 8 from the three scales;
 * :class:`GroupReversalAttention` (GRA): features split into g channel groups, each followed by the

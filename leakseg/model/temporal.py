@@ -1,5 +1,5 @@
-"""CTC, the temporal correlation of a target frame with one neighbour (REFERENCE.md 6), and the triplet rule
-that says which two neighbours each frame of a clip is correlated with."""
+"""CTC, the temporal correlation of a target frame with one neighbour (docs/MODELS.md, "CTC"), and the triplet rule
+that says which two neighbours each frame of a clip is correlated with ("Triplets")."""
 
 from typing import List, Sequence, Tuple
 

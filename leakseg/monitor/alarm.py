@@ -126,6 +126,8 @@ def iso(t: Optional[float]) -> Optional[str]:
 
 
 _counter = itertools.count(1)
+#: Alarms each camera keeps for acknowledgement by id (its active ones are never dropped).
+RECENT_ALARMS = 100
 
 
 class AlarmLogic:
@@ -170,32 +172,46 @@ class AlarmLogic:
 
     def observe(self, obs: Observation) -> List[Event]:
         """One analysed frame (in stream order)."""
-        events: List[Event] = []
         before = self.state
+        hit = self._count(obs)
+        if self.leak is None:
+            events = self._raise_at_k_of_n(obs, before)
+        else:
+            events = self._follow_leak(obs, before, hit)
+        return self._with_state_change(events, before, obs.time)
+
+    def _count(self, obs: Observation) -> bool:
+        """Record the frame in the counters and the k-of-n history; True for a leak frame."""
         self.frames_analysed += 1
         self.last = obs
         hit = self.is_leak_frame(obs)
         self.leak_frames += hit
         self.history.append(hit)
         self.clear_run = 0 if hit else self.clear_run + 1
-        if self.leak is None:
-            if sum(self.history) >= self.settings.k:
-                self.leak = self._new_alarm(State.LEAK, obs.time, f"leak in {sum(self.history)} of the last "
-                                            f"{len(self.history)} frames")
-                self.leak.first_seq = obs.seq
-                self._grow(self.leak, obs)
-                events.append(self._event("alarm_raised", obs.time, before, self.leak,
-                                          f"LEAK raised: {obs.area_pixels} px ({obs.area_fraction:.2%})"))
-        else:
-            if hit and self._grow(self.leak, obs):
-                events.append(self._event("alarm_updated", obs.time, before, self.leak,
-                                          f"LEAK peak area {self.leak.peak_area_pixels} px"))
-            if self.clear_run >= self.settings.clear_frames:
-                alarm, self.leak = self.leak, None
-                alarm.end, alarm.end_seq = obs.time, obs.seq
-                events.append(self._event("alarm_cleared", obs.time, before, alarm,
-                                          f"LEAK cleared after {self.clear_run} clear frames"))
-        return self._with_state_change(events, before, obs.time)
+        return hit
+
+    def _raise_at_k_of_n(self, obs: Observation, before: State) -> List[Event]:
+        if sum(self.history) < self.settings.k:
+            return []
+        self.leak = self._new_alarm(State.LEAK, obs.time, f"leak in {sum(self.history)} of the last "
+                                    f"{len(self.history)} frames")
+        self.leak.first_seq = obs.seq
+        self._grow(self.leak, obs)
+        return [self._event("alarm_raised", obs.time, before, self.leak,
+                            f"LEAK raised: {obs.area_pixels} px ({obs.area_fraction:.2%})")]
+
+    def _follow_leak(self, obs: Observation, before: State, hit: bool) -> List[Event]:
+        """The active LEAK grows with a larger plume and clears after ``clear_frames`` clear frames."""
+        events: List[Event] = []
+        if hit and self._grow(self.leak, obs):
+            events.append(self._event("alarm_updated", obs.time, before, self.leak,
+                                      f"LEAK peak area {self.leak.peak_area_pixels} px"))
+        if self.clear_run >= self.settings.clear_frames:
+            alarm, self.leak = self.leak, None
+            alarm.end, alarm.end_seq = obs.time, obs.seq
+            events.append(self._event("alarm_cleared", obs.time, before, alarm,
+                                      f"LEAK cleared after {self.clear_run} clear frames"))
+        return events
 
     def camera_failed(self, reason: str, when: Optional[float] = None) -> List[Event]:
         return self._fault("camera_fault", State.CAMERA_FAULT, reason, when)
@@ -263,9 +279,15 @@ class AlarmLogic:
         alarm = Alarm(id=f"{self.camera}-{kind.value}-{stamp}-{next(_counter)}", camera=self.camera, kind=kind,
                       start=now, reason=reason)
         self.recent[alarm.id] = alarm
-        while len(self.recent) > 100:  # bounded: the oldest acknowledged-or-not alarm goes
-            self.recent.pop(next(iter(self.recent)))
+        self._forget_old_alarms()
         return alarm
+
+    def _forget_old_alarms(self) -> None:
+        """Keep at most RECENT_ALARMS for acknowledgement: the oldest *ended* ones go. Active alarms (at most one
+        per kind) always stay, or a flapping camera would make its active LEAK impossible to acknowledge."""
+        ended = (alarm_id for alarm_id, alarm in self.recent.items() if not alarm.active)
+        for alarm_id in list(itertools.islice(ended, max(0, len(self.recent) - RECENT_ALARMS))):
+            del self.recent[alarm_id]
 
     @staticmethod
     def _grow(alarm: Alarm, obs: Observation) -> bool:

@@ -16,13 +16,9 @@ import re
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from leakseg.schema import ClipOptions
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from leakseg.schema import ClipOptions, StrictModel
 
 
 class ConfigError(ValueError):
@@ -32,7 +28,7 @@ class ConfigError(ValueError):
 # -- per camera -----------------------------------------------------------------------------------
 
 
-class AlarmSettings(_Strict):
+class AlarmSettings(StrictModel):
     """When a camera raises and clears LEAK (per analysed frame, after the ignore mask)."""
 
     min_area_pixels: int = Field(50, ge=1, description="A frame counts as a leak frame when its plume "
@@ -50,7 +46,11 @@ class AlarmSettings(_Strict):
         return self
 
 
-class FaultSettings(_Strict):
+#: A file of this name in a drop folder says the producer is done (replays, tests).
+END_MARKER = "END"
+
+
+class FaultSettings(StrictModel):
     """When a camera is faulty (never reported as 'no leak') and how it is reconnected."""
 
     stale_seconds: float = Field(10.0, gt=0, description="No new frame for this long: CAMERA_FAULT.")
@@ -58,9 +58,11 @@ class FaultSettings(_Strict):
     reconnect_initial: float = Field(1.0, gt=0, description="First reconnection delay, seconds.")
     reconnect_max: float = Field(30.0, gt=0, description="Reconnection delays double up to this, seconds.")
     open_timeout: float = Field(10.0, gt=0, description="Seconds to wait when opening or reading a stream.")
+    analysis_seconds: Optional[float] = Field(None, gt=0, description="Windows wait but no analysis completes "
+                                              "for this long: SERVICE_FAULT (default: service.timeout).")
 
 
-class CameraConfig(_Strict):
+class CameraConfig(StrictModel):
     name: str = Field(..., description="Unique name; used in topics, OPC UA browse names and logs.")
     source: str = Field(..., description="A URL or file FFmpeg opens (rtsp://, http://, a video file) or a drop folder.")
     kind: Literal["auto", "stream", "folder"] = Field(
@@ -71,7 +73,9 @@ class CameraConfig(_Strict):
     clip_frames: int = Field(8, ge=3, le=64, description="Frames per clip sent to the service (windows overlap by 2).")
     realtime: Optional[bool] = Field(None, description="Pace a video file at its own frame rate (default: true "
                                      "for files, streams are real time anyway). false reads a recording as fast "
-                                     "as the service takes it, without dropping windows.")
+                                     "as the service takes it, without dropping windows. Drop folders: false analyses every frame "
+                                     "(the reader waits for the service); a folder that already holds its END "
+                                     "file at the start is a replay and is read that way too.")
     loop: bool = Field(False, description="Restart a video file or folder listing at its end (demos).")
     ignore_mask: Optional[Path] = Field(None, description="Image of the camera's frame size: non-zero pixels "
                                         "are ignored (e.g. a stack that always vents).")
@@ -131,6 +135,14 @@ class CameraConfig(_Strict):
         return self.kind == "stream" and "://" not in self.source and Path(self.source).is_file()
 
     @property
+    def lossless(self) -> bool:
+        """Backpressure waits instead of dropping: a recording read with ``realtime: false``, or a drop folder
+        replayed (``realtime: false``, or its END file already there when the monitor starts)."""
+        if self.kind == "folder":
+            return self.realtime is False or (self.realtime is None and (Path(self.source) / END_MARKER).exists())
+        return self.is_file and not self.paced
+
+    @property
     def paced(self) -> bool:
         if self.realtime is not None:
             return self.realtime
@@ -140,31 +152,33 @@ class CameraConfig(_Strict):
 # -- service and sinks ----------------------------------------------------------------------------
 
 
-class ServiceConfig(_Strict):
+class ServiceConfig(StrictModel):
     url: str = Field("http://127.0.0.1:8080", description="Base URL of the leakseg inference API.")
     model: str = "jvlgs"
     key_file: Optional[Path] = Field(None, description="TorchServe key_file.json (else $LEAKSEG_TOKEN / $LEAKSEG_KEY_FILE).")
     token_env: str = Field("LEAKSEG_TOKEN", description="Environment variable holding the inference token.")
     timeout: float = Field(60.0, gt=0, description="Read timeout per clip, seconds.")
     concurrency: int = Field(2, ge=1, le=64, description="Clips in flight at once, over all cameras.")
-    retry_seconds: float = Field(5.0, gt=0, description="While the service is unreachable, retry this often.")
+    retry_seconds: float = Field(5.0, gt=0, description="After a failed window (service unreachable or "
+                                 "failing, an answer that does not fit), wait this long; the wait doubles while "
+                                 "windows keep failing, up to 4 x this.")
 
 
-class JsonlSink(_Strict):
+class JsonlSink(StrictModel):
     path: Path = Field(Path("monitor-events.jsonl"), description="Event log, one JSON object per line.")
     max_bytes: int = Field(10_000_000, ge=1000, description="Rotate when the file reaches this size.")
     backups: int = Field(10, ge=0, description="Rotated files kept (path.1 ... path.N).")
     states: bool = Field(False, description="Also log every per-window state update (not only events).")
 
 
-class TlsSettings(_Strict):
+class TlsSettings(StrictModel):
     ca_certs: Optional[Path] = None
     certfile: Optional[Path] = None
     keyfile: Optional[Path] = None
     insecure: bool = Field(False, description="Skip the broker hostname check (test setups only).")
 
 
-class MqttSink(_Strict):
+class MqttSink(StrictModel):
     host: str = "127.0.0.1"
     port: int = Field(1883, ge=1, le=65535)
     topic_prefix: str = Field("leakseg", description="Topics: PREFIX/status, PREFIX/CAMERA/state|event|ack.")
@@ -174,14 +188,16 @@ class MqttSink(_Strict):
     tls: Optional[TlsSettings] = None
     qos: Literal[0, 1, 2] = 1
     keepalive: int = Field(30, ge=5)
+    event_queue: int = Field(1000, ge=1, le=100_000, description="Events kept while the broker is unreachable; "
+                             "beyond it the oldest are dropped and counted (PREFIX/sink_health).")
 
 
-class OpcUaUser(_Strict):
+class OpcUaUser(StrictModel):
     name: str
     password_env: str = Field(..., description="Environment variable holding this user's password.")
 
 
-class OpcUaSink(_Strict):
+class OpcUaSink(StrictModel):
     endpoint: str = Field("opc.tcp://0.0.0.0:4840/leakseg", description="Where the OPC UA server listens.")
     namespace: str = "urn:leakseg:monitor"
     security_policies: List[Literal["None", "Basic256Sha256_Sign", "Basic256Sha256_SignAndEncrypt"]] = Field(
@@ -202,27 +218,30 @@ class OpcUaSink(_Strict):
         return self
 
 
-class ModbusSink(_Strict):
+class ModbusSink(StrictModel):
     host: str = "0.0.0.0"
     port: int = Field(5020, ge=1, le=65535, description="502 needs root; 5020 by default.")
     device_id: int = Field(1, ge=0, le=247)
     heartbeat_seconds: float = Field(1.0, gt=0, description="The heartbeat register increments this often.")
 
 
-class Sinks(_Strict):
+class Sinks(StrictModel):
     jsonl: Optional[JsonlSink] = Field(default_factory=JsonlSink)
     mqtt: Optional[MqttSink] = None
     opcua: Optional[OpcUaSink] = None
     modbus: Optional[ModbusSink] = None
 
 
-class MonitorConfig(_Strict):
+class MonitorConfig(StrictModel):
     service: ServiceConfig = Field(default_factory=ServiceConfig)
     evidence_dir: Path = Field(Path("monitor-evidence"), description="One folder per alarm: overlay GIF, result JSON.")
     evidence_keep: int = Field(200, ge=1, description="Alarm folders kept; the oldest are deleted.")
     cameras: List[CameraConfig] = Field(..., min_length=1)
     sinks: Sinks = Field(default_factory=Sinks)
     status_interval: float = Field(1.0, gt=0, description="Seconds between status table refreshes / heartbeats.")
+    shutdown_seconds: float = Field(8.0, gt=0, le=300, description="On SIGINT/SIGTERM every camera is published "
+                                    "OFFLINE first, then the monitor closes and exits within this many seconds "
+                                    "(keep it under the container's grace period).")
 
     @model_validator(mode="after")
     def _unique(self) -> "MonitorConfig":

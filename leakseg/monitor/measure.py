@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
-from PIL import Image
 
+from leakseg.io.frames import ClipLimits, read_image_file
 from leakseg.monitor.alarm import Observation
 from leakseg.monitor.windows import Window
 from leakseg.schema import ClipResult
@@ -17,16 +17,19 @@ def load_ignore_mask(path: Optional[Path]) -> Optional[np.ndarray]:
     """A boolean H x W array, True where pixels are ignored (non-zero pixels of the image)."""
     if path is None:
         return None
-    with Image.open(path) as img:
-        arr = np.asarray(img)
+    arr = read_image_file(path, ClipLimits())  # the documented formats only: no other Pillow plugin runs
     if arr.ndim == 3:
-        arr = arr[..., :3].max(axis=2) if arr.shape[2] >= 3 else arr[..., 0]
+        arr = arr.max(axis=2)
     return arr > 0
 
 
-def observations(window: Window, result: ClipResult, ignore: Optional[np.ndarray]) -> List[Observation]:
-    """One observation per *reported* frame of the window (its first ``window.final`` frames)."""
-    masks = result.masks()  # T x H x W bool
+def observations(window: Window, result: ClipResult, ignore: Optional[np.ndarray],
+                 masks: Optional[np.ndarray] = None) -> List[Observation]:
+    """One observation per *reported* frame of the window (its first ``window.final`` frames).
+
+    ``masks``: the result's masks already decoded (the monitor checks and decodes an answer once)."""
+    if masks is None:
+        masks = result.masks()  # T x H x W bool
     h, w = masks.shape[1:]
     if ignore is not None:
         if ignore.shape != (h, w):

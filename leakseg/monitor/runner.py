@@ -1,257 +1,56 @@
 """The monitor: sources -> windows -> service -> alarm logic -> sinks, on one asyncio loop.
 
-Threads: one per camera source (PyAV decoding or folder polling), a small pool for the
-blocking service calls (``service.concurrency`` clips in flight over all cameras) and evidence
-writing. Everything else (alarm logic, sinks, the watchdog, the status table) runs on the loop.
+Threads: one per camera source (PyAV decoding or folder polling), and a daemon thread per
+blocking service call (``service.concurrency`` clips in flight over all cameras) and evidence
+write, so a call hung on a dead service cannot hold up the process's exit. Everything else
+(alarm logic, sinks, the watchdogs, the status table) runs on the loop.
 
 Backpressure: each camera has a queue of at most ``max_pending_windows`` windows waiting for
 the service. A live camera whose queue is full drops the *oldest* waiting window (and counts
-it, with its frames): memory stays flat and the freshest picture is analysed first. A video
-file read with ``realtime: false`` blocks its reader instead, so a recording is analysed
-completely.
+it, with its frames): memory stays flat and the freshest picture is analysed first. A replay
+(a video file read with ``realtime: false``, a drop folder replayed) blocks its reader instead,
+so it is analysed completely.
+
+Supervision: a camera's analysis never ends by itself. Whatever goes wrong with a window (the
+service, an answer that does not fit what was sent, a bug) becomes SERVICE_FAULT with its reason,
+and the next window follows after a wait that doubles while windows keep failing. A progress
+watchdog raises SERVICE_FAULT when windows wait and none completes for ``analysis_seconds``.
+
+A run has three steps: :meth:`Monitor._start` (sinks, signals, sources, workers), waiting for a
+stop, and :meth:`Monitor._drain` (publish OFFLINE first, then close everything within
+``shutdown_seconds``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import shutil
 import signal
 import sys
 import threading
 import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Callable, Deque, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Set
 
-import numpy as np
-
-from leakseg.monitor.alarm import STATE_CODES, Alarm, AlarmLogic, Event, State
-from leakseg.monitor.config import CameraConfig, MonitorConfig
-from leakseg.monitor.measure import load_ignore_mask, observations
-from leakseg.monitor.sources import SourceCallbacks, make_source
-from leakseg.monitor.windows import Frame, Window, WindowBuilder
-from leakseg.schema import ClipResult
+from leakseg.monitor.alarm import Event
+from leakseg.monitor.camera import Camera
+from leakseg.monitor.config import MonitorConfig
+from leakseg.monitor.evidence import WindowEvidence
+from leakseg.monitor.measure import observations
+from leakseg.monitor.segmenters import Answer, Segmenter, segment_window
+from leakseg.monitor.sources import backoff_delay, make_source
+from leakseg.monitor.status import draw_table, end_table
+from leakseg.monitor.windows import Window
 
 log = logging.getLogger("leakseg.monitor")
 
-
-# -- the model: a service client or an in-process predictor -----------------------------------------
-
-
-class Segmenter:
-    """``segment(frames, prompts, options) -> ClipResult``, blocking, thread-safe."""
-
-    name = "segmenter"
-
-    def segment(self, clip: np.ndarray, prompts: Optional[List[str]], options: Dict[str, Any]) -> ClipResult:
-        raise NotImplementedError  # pragma: no cover - interface
-
-    def close(self) -> None:
-        pass
-
-
-class ServiceSegmenter(Segmenter):
-    """Through the leakseg HTTP service with the client SDK (retries: connection errors and 503 once)."""
-
-    def __init__(self, url: str, model: str, key_file: Optional[str], token_env: str, timeout: float,
-                 pool_size: int):
-        import os
-
-        from leakseg.client import LeakSegClient
-
-        self.client = LeakSegClient(url, token=os.environ.get(token_env) or None, model=model, timeout=timeout,
-                                    retries=1, key_file=key_file, pool_size=pool_size, backoff=0.2, max_backoff=1.0)
-        self.name = f"service {self.client.url}"
-
-    def segment(self, clip, prompts, options):
-        return self.client.segment(clip, prompts, options=options)
-
-    def close(self) -> None:
-        self.client.close()
-
-
-class ArchiveSegmenter(Segmenter):
-    """In process, from a .mar archive (``--archive``): no TorchServe needed."""
-
-    def __init__(self, archive: str, device: str = "cpu"):
-        from leakseg.inference import Predictor
-
-        self.predictor = Predictor.from_archive(archive, device=device)
-        self.lock = threading.Lock()
-        self.name = f"archive {archive}"
-
-    def segment(self, clip, prompts, options):
-        with self.lock:
-            return self.predictor.predict(list(clip), prompts, options)
-
-
-# -- per camera -----------------------------------------------------------------------------------
-
-
-@dataclass
-class Counters:
-    frames_in: int = 0
-    frames_analysed: int = 0
-    windows_sent: int = 0
-    windows_dropped: int = 0
-    frames_dropped: int = 0
-    windows_failed: int = 0
-    reconnects: int = 0
-
-
-class Camera(SourceCallbacks):
-    """One camera's state on the loop; the source thread calls in through call_soon_threadsafe."""
-
-    def __init__(self, monitor: "Monitor", config: CameraConfig, index: int):
-        self.monitor = monitor
-        self.config = config
-        self.index = index
-        self.name = config.name
-        self.logic = AlarmLogic(config.name, config.alarm)
-        self.builder = WindowBuilder(config.name, config.clip_frames)
-        self.ignore = load_ignore_mask(config.ignore_mask)
-        self.pending: Deque[Window] = deque()
-        self.wakeup = asyncio.Event()
-        self.counters = Counters()
-        self.last_frame_time: Optional[float] = None
-        self.last_frame_mono: Optional[float] = None
-        self.started_mono = time.monotonic()
-        self.finished = False  # the source ended (file/folder without loop)
-        self.in_flight = 0
-        self.seq = 0
-        self.last_result: Optional[Dict[str, Any]] = None
-        self.lossless = config.is_file and not config.paced
-        self.room = threading.Semaphore(config.max_pending_windows) if self.lossless else None
-        self.source = None
-        self.blocked = False
-
-    # -- called from the source thread -----------------------------------------------------------
-
-    def frame(self, pixels: np.ndarray, pts: Optional[float]) -> None:
-        arrived = time.time()
-        frame = Frame(seq=self.seq, pixels=pixels, arrived=arrived, pts=pts)
-        self.seq += 1
-        window = self.builder.push(frame)  # the builder belongs to the source thread
-        if window is not None and self.room is not None:
-            self.blocked = True  # waiting for the service is not a stale camera
-            try:
-                while not self.room.acquire(timeout=0.2):  # lossless replay: wait for the service
-                    if self.monitor.stop_event.is_set():
-                        return
-            finally:
-                self.blocked = False
-            window.extra["slot"] = True
-        self.monitor.call(self._on_frame, arrived, window)
-
-    def fault(self, reason: str) -> None:
-        # Frames held for the next window do not follow the next frame any more: send them now
-        # (>= 3 frames) or count them as lost.
-        held = self.builder.held
-        window = self.builder.flush()
-        self.monitor.call(self._on_fault, reason, window, 0 if window is not None else held)
-
-    def recovered(self) -> None:
-        self.monitor.call(self._on_recovered)
-
-    def ended(self) -> None:
-        held = self.builder.held
-        window = self.builder.flush()
-        self.monitor.call(self._on_ended, window, 0 if window is not None else held)
-
-    # -- on the loop -----------------------------------------------------------------------------
-
-    def _on_frame(self, arrived: float, window: Optional[Window]) -> None:
-        self.counters.frames_in += 1
-        self.last_frame_time = arrived
-        self.last_frame_mono = time.monotonic()
-        if self.logic.camera_fault is not None and self.source is not None and not self.source.faulty:
-            self.monitor.emit(self.logic.camera_ok(arrived))  # the watchdog's stale fault is over
-        if window is not None:
-            self.enqueue(window)
-
-    def _on_fault(self, reason: str, window: Optional[Window], lost: int) -> None:
-        if window is not None:
-            self.enqueue(window)
-        self.counters.frames_dropped += lost
-        self.monitor.emit(self.logic.camera_failed(reason))
-
-    def _on_recovered(self) -> None:
-        self.last_frame_mono = time.monotonic()
-        self.monitor.emit(self.logic.camera_ok())
-
-    def _on_ended(self, window: Optional[Window], lost: int) -> None:
-        self.counters.frames_dropped += lost
-        if window is not None:
-            self.enqueue(window)
-        self.finished = True
-        log.info("%s: source ended (%d frames read)", self.name, self.counters.frames_in)
-        self.wakeup.set()
-
-    def enqueue(self, window: Window) -> None:
-        if self.room is None:
-            while len(self.pending) >= self.config.max_pending_windows:
-                dropped = self.pending.popleft()
-                self.counters.windows_dropped += 1
-                self.counters.frames_dropped += dropped.final
-                log.debug("%s: service behind, dropped window %d", self.name, dropped.number)
-        self.pending.append(window)
-        self.wakeup.set()
-
-    def watchdog(self, now_mono: float) -> None:
-        if self.finished or self.logic.camera_fault is not None:
-            return
-        if self.blocked:
-            self.last_frame_mono = now_mono
-            return
-        last = self.last_frame_mono if self.last_frame_mono is not None else self.started_mono
-        stale = self.config.faults.stale_seconds
-        if now_mono - last > stale:
-            self.monitor.emit(self.logic.camera_failed(f"no new frame for {now_mono - last:.0f} s (limit {stale:g} s)"))
-
-    @property
-    def idle(self) -> bool:
-        return not self.pending and self.in_flight == 0
-
-    def snapshot(self) -> Dict[str, Any]:
-        logic = self.logic
-        last = self.last_result or {}
-        leak = logic.leak
-        return {
-            "camera": self.name,
-            "state": logic.state.value,
-            "state_code": STATE_CODES[logic.state],
-            "leak_active": leak is not None,
-            "alarm_id": leak.id if leak else None,
-            "acknowledged": bool(leak.acknowledged) if leak else True,
-            "leak_area_pixels": int(last.get("area_pixels", 0)),
-            "leak_area_fraction": float(last.get("area_fraction", 0.0)),
-            "score": float(last.get("score", 0.0)),
-            "centroid_x": last.get("centroid_x"),
-            "centroid_y": last.get("centroid_y"),
-            "bbox": last.get("bbox"),
-            "last_frame_time": self.last_frame_time,
-            "frames_analysed": logic.frames_analysed,
-            "windows_sent": self.counters.windows_sent,
-            "windows_dropped": self.counters.windows_dropped,
-            "frames_dropped": self.counters.frames_dropped,
-            "camera_ok": logic.camera_fault is None,
-            "service_ok": logic.service_fault is None,
-            "camera_fault": logic.camera_fault.reason if logic.camera_fault else None,
-            "service_fault": logic.service_fault.reason if logic.service_fault else None,
-            "time": time.time(),
-        }
-
-
-# -- the monitor ----------------------------------------------------------------------------------
+# Events after which a camera's state (what SCADA shows) has changed.
+STATE_EVENTS = ("alarm_raised", "alarm_cleared", "state_changed", "alarm_acknowledged")
 
 
 class SinkStartError(RuntimeError):
     """An output (OPC UA, MQTT, Modbus, log file) could not start, e.g. its port is in use."""
-
 
 
 class Monitor:
@@ -267,10 +66,12 @@ class Monitor:
         self.stop_event = threading.Event()
         self.loop: Optional[asyncio.AbstractEventLoop] = None
         self.cameras: Dict[str, Camera] = {}
-        self.pool = ThreadPoolExecutor(max_workers=config.service.concurrency + 1, thread_name_prefix="monitor")
         self.event_listeners: List[Callable[[Event], None]] = []
         self._stopping: Optional[asyncio.Event] = None
         self._service_slots: Optional[asyncio.Semaphore] = None
+        self._tasks: List[asyncio.Task] = []  # the camera workers and the ticker
+        self.calls = DaemonCalls()  # service calls and evidence writes, off the loop
+        self._signals: List[signal.Signals] = []
         self.started = threading.Event()
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -287,12 +88,18 @@ class Monitor:
     def emit(self, events: List[Event]) -> None:
         for event in events:
             self._log(event)
-            for listener in self.event_listeners:
-                listener(event)
+            self._tell_listeners(event)
             for sink in self.sinks:
                 self._spawn(sink.publish_event(event), f"{sink.name} event")
-            if event.type in ("alarm_raised", "alarm_cleared", "state_changed", "alarm_acknowledged"):
+            if event.type in STATE_EVENTS:
                 self.publish_state(event.camera)
+
+    def _tell_listeners(self, event: Event) -> None:
+        for listener in self.event_listeners:
+            try:
+                listener(event)
+            except Exception:  # noqa: BLE001 - a listener's bug must not keep the event from SCADA
+                log.exception("event listener %r failed on %s", listener, event.type)
 
     def publish_state(self, camera: str) -> None:
         snap = self.cameras[camera].snapshot()
@@ -324,7 +131,7 @@ class Monitor:
         return len(events)
 
     def request_stop(self) -> None:
-        """Stop (thread-safe): finish clips in flight, publish the cameras offline, return."""
+        """Stop (thread-safe): publish the cameras offline, close everything within shutdown_seconds, return."""
         self.stop_event.set()
         if self.loop is not None and self._stopping is not None:
             self.call(self._stopping.set)
@@ -335,71 +142,95 @@ class Monitor:
         return asyncio.run(self.run_async())
 
     async def run_async(self) -> int:
+        await self._start()
+        try:
+            await self._stopping.wait()
+        finally:
+            await self._drain()
+        log.info("stopped")
+        return 0
+
+    # -- start -----------------------------------------------------------------------------------
+
+    async def _start(self) -> None:
+        self._bind_loop()
+        for i, cam in enumerate(self.config.cameras):
+            self.cameras[cam.name] = Camera(self, cam, i)
+        await self._start_sinks()
+        self._install_signals()
+        self._start_sources()
+        log.info("monitoring %d camera(s) with %s; sinks: %s", len(self.cameras), self.segmenter.name,
+                 ", ".join(s.name for s in self.sinks) or "none")
+        self._tasks = [asyncio.create_task(self._worker(c)) for c in self.cameras.values()]
+        self._tasks.append(asyncio.create_task(self._ticker()))
+        self.started.set()
+
+    def _bind_loop(self) -> None:
+        """The loop's own objects; a stop requested before the loop ran still counts."""
         self.loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         self._service_slots = asyncio.Semaphore(self.config.service.concurrency)
         if self.stop_event.is_set():
             self._stopping.set()
-        for i, cam in enumerate(self.config.cameras):
-            self.cameras[cam.name] = Camera(self, cam, i)
+
+    async def _start_sinks(self) -> None:
         started = []
         for sink in self.sinks:
             try:
                 await sink.start(self)
             except Exception as exc:
-                for other in started:  # do not leave half the outputs running
-                    try:
-                        await other.stop()
-                    except Exception:  # noqa: BLE001
-                        pass
-                self.pool.shutdown(wait=False)
+                # Do not leave half the outputs running; the start error is the one to report.
+                await _stop_sinks(started, warn=False)
                 raise SinkStartError(f"cannot start the {sink.name} output: {type(exc).__name__}: {exc}") from exc
             started.append(sink)
-        self._install_signals()
+
+    def _start_sources(self) -> None:
+        """Each camera's first state for SCADA, then its reader thread."""
         for camera in self.cameras.values():
             self.publish_state(camera.name)
             camera.source = make_source(camera.config, camera, self.stop_event)
             camera.source.start()
-        log.info("monitoring %d camera(s) with %s; sinks: %s", len(self.cameras), self.segmenter.name,
-                 ", ".join(s.name for s in self.sinks) or "none")
-        workers = [asyncio.create_task(self._worker(c)) for c in self.cameras.values()]
-        ticker = asyncio.create_task(self._ticker())
-        self.started.set()
+
+    # -- drain -----------------------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        """OFFLINE first, then close everything by the deadline: a container's SIGKILL after its grace
+        period must not find NORMAL still published on OPC UA or Modbus."""
+        deadline = time.monotonic() + self.config.shutdown_seconds
+        self.stop_event.set()
+        for task in self._tasks:
+            task.cancel()  # windows in flight are abandoned (their frames count as dropped)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for camera in self.cameras.values():
+            camera.abandon_pending()
+            self.emit(camera.logic.go_offline())
+        await asyncio.sleep(0)  # let the offline publications start
+        await self._stop_sinks_by(deadline)
+        await self.calls.join_by(deadline)  # an in-process model must not be torn down mid-run
+        self.segmenter.close()
+        await self._join_sources_by(deadline)
+        self._remove_signals()
+        if self.status_table:
+            end_table()
+
+    async def _stop_sinks_by(self, deadline: float) -> None:
         try:
-            await self._stopping.wait()
-        finally:
-            self.stop_event.set()
-            for camera in self.cameras.values():
-                if camera.source is not None:
-                    await asyncio.to_thread(camera.source.join, 15)
-            # Finish what is in flight and queued (bounded by max_pending_windows per camera).
-            deadline = time.monotonic() + self.config.service.timeout + 5
-            while any(not c.idle for c in self.cameras.values()) and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            for w in workers:
-                w.cancel()
-            ticker.cancel()
-            await asyncio.gather(*workers, ticker, return_exceptions=True)
-            for camera in self.cameras.values():
-                self.emit(camera.logic.go_offline())
-            await asyncio.sleep(0)  # let the offline publications start
-            for sink in self.sinks:
-                try:
-                    await sink.stop()
-                except Exception as exc:  # noqa: BLE001 - stopping must reach every sink
-                    log.warning("stopping %s: %s", sink.name, exc)
-            self.pool.shutdown(wait=True)
-            self.segmenter.close()
-            self._remove_signals()
-            if self.status_table:
-                sys.stdout.write("\n")
-        log.info("stopped")
-        return 0
+            await asyncio.wait_for(_stop_sinks(self.sinks, warn=True), max(0.1, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            log.warning("the outputs did not stop within shutdown_seconds (%g s)", self.config.shutdown_seconds)
+
+    async def _join_sources_by(self, deadline: float) -> None:
+        """Source threads are daemons: one still blocked in a read when the deadline passes is left behind."""
+        sources = [c.source for c in self.cameras.values() if c.source is not None]
+        while any(s.is_alive() for s in sources) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    # -- signals ---------------------------------------------------------------------------------
 
     def _install_signals(self) -> None:
         self._signals = []
         if threading.current_thread() is not threading.main_thread():
-            return
+            return  # the loop can only take signals in the main thread
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 self.loop.add_signal_handler(sig, self._on_signal, sig)
@@ -408,12 +239,15 @@ class Monitor:
                 pass
 
     def _remove_signals(self) -> None:
-        for sig in getattr(self, "_signals", []):
+        for sig in self._signals:
             self.loop.remove_signal_handler(sig)
 
     def _on_signal(self, sig) -> None:
-        log.info("%s: finishing the clips in flight, then stopping", signal.Signals(sig).name)
+        log.info("%s: publishing OFFLINE, then stopping within %g s", signal.Signals(sig).name,
+                 self.config.shutdown_seconds)
         self.request_stop()
+
+    # -- watchdog, heartbeat, status table -------------------------------------------------------
 
     async def _ticker(self) -> None:
         interval = min(self.config.status_interval, 0.5)
@@ -421,143 +255,136 @@ class Monitor:
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
-            for camera in self.cameras.values():
-                camera.watchdog(now)
-            if self.until_sources_end and all(c.finished and c.idle for c in self.cameras.values()):
-                log.info("every source ended")
-                self._stopping.set()
+            self._watch(now)
             if now - last_status >= self.config.status_interval:
                 last_status = now
-                for sink in self.sinks:
-                    self._spawn(sink.heartbeat([c.snapshot() for c in self.cameras.values()]), f"{sink.name} heartbeat")
-                if self.status_table:
-                    self._print_table()
+                self._report_status()
+
+    def _watch(self, now_mono: float) -> None:
+        for camera in self.cameras.values():
+            camera.watchdog(now_mono, camera.config.faults.analysis_seconds or self.config.service.timeout)
+        if self.until_sources_end and all(c.finished and c.idle for c in self.cameras.values()):
+            log.info("every source ended")
+            self._stopping.set()
+
+    def _report_status(self) -> None:
+        for sink in self.sinks:
+            self._spawn(sink.heartbeat([c.snapshot() for c in self.cameras.values()]), f"{sink.name} heartbeat")
+        if self.status_table:
+            draw_table(c.snapshot() for c in self.cameras.values())
 
     # -- windows -> service -> alarms ---------------------------------------------------------------
 
     async def _worker(self, camera: Camera) -> None:
-        retry = self.config.service.retry_seconds
+        """One camera's analysis, supervised: a window that fails in any way becomes SERVICE_FAULT with its
+        reason and a wait that doubles while windows keep failing; nothing ends the loop but a stop."""
+        failures = 0
         while True:
-            if not camera.pending:
-                camera.wakeup.clear()
-                await camera.wakeup.wait()
-                continue
-            window = camera.pending.popleft()
+            window = await camera.next_window()
             camera.in_flight += 1
             try:
-                async with self._service_slots:
-                    result, error = await self.loop.run_in_executor(self.pool, self._segment, camera.config, window)
-                if window.extra.get("slot"):
-                    camera.room.release()
-                if error is not None:
-                    camera.counters.windows_failed += 1
-                    camera.counters.frames_dropped += window.final
-                    self.emit(camera.logic.service_failed(error))
-                    if not self.stop_event.is_set():
-                        await asyncio.sleep(retry)
-                    continue
-                camera.counters.windows_sent += 1
-                self.emit(camera.logic.service_ok())
-                await self._analyse(camera, window, result)
+                ok = await self._segment_and_analyse(camera, window)
+            except asyncio.CancelledError:
+                camera.abandon(window)
+                raise
+            except Exception as exc:  # noqa: BLE001 - the supervisor: nothing may end a camera's analysis
+                log.exception("%s: analysing window %d failed", camera.name, window.number)
+                ok = self._window_failed(camera, window, f"analysis failed: {type(exc).__name__}: {exc}")
             finally:
                 camera.in_flight -= 1
+                camera.window_done(window)
+            failures = 0 if ok else failures + 1
+            if failures:  # do not hammer a failing service
+                retry = self.config.service.retry_seconds
+                await asyncio.sleep(backoff_delay(failures - 1, retry, 4 * retry))
 
-    def _segment(self, config: CameraConfig, window: Window):
-        """In a pool thread: (ClipResult, None) or (None, reason)."""
-        from leakseg.client.errors import LeakSegError
+    async def _segment_and_analyse(self, camera: Camera, window: Window) -> bool:
+        """True when the window was analysed; False when it failed (a service fault)."""
+        async with self._service_slots:
+            answer, error = await self.calls.run(segment_window, self.segmenter, camera.config, window)
+        if error is not None:
+            return self._window_failed(camera, window, error)
+        camera.counters.windows_sent += 1
+        self.emit(camera.logic.service_ok())
+        await self._analyse(camera, window, answer)
+        return True
 
+    def _window_failed(self, camera: Camera, window: Window, reason: str) -> bool:
+        camera.counters.windows_failed += 1
+        camera.counters.frames_dropped += window.final
+        self.emit(camera.logic.service_failed(reason))
+        return False
+
+    async def _analyse(self, camera: Camera, window: Window, answer: Answer) -> None:
+        result = answer.result
         try:
-            clip = np.stack([f.pixels for f in window.frames])
-            return self.segmenter.segment(clip, config.prompts, dict(config.options)), None
-        except LeakSegError as exc:
-            return None, f"{type(exc).__name__}: {exc}"
-        except Exception as exc:  # noqa: BLE001 - in-process errors (InputError, runtime) are service faults too
-            log.debug("segment failed", exc_info=True)
-            return None, f"{type(exc).__name__}: {exc}"
-
-    async def _analyse(self, camera: Camera, window: Window, result: ClipResult) -> None:
-        try:
-            obs = observations(window, result, camera.ignore)
+            observed = observations(window, result, camera.ignore, answer.masks)
         except ValueError as exc:  # e.g. the ignore mask does not fit the frames
             self.emit(camera.logic.camera_failed(str(exc)))
             return
-        evidence: Dict[str, Alarm] = {}  # LEAK alarms raised or grown in this window, by id
-        cleared: Dict[str, Alarm] = {}
-        for o in obs:
-            events = camera.logic.observe(o)
-            for e in events:
-                if e.alarm is None or e.alarm.kind != State.LEAK:
-                    continue
-                if e.type in ("alarm_raised", "alarm_updated"):
-                    e.alarm.evidence = str(self.evidence_folder(e.alarm.id))
-                    live = camera.logic.recent.get(e.alarm.id)  # the event holds a snapshot
-                    if live is not None:
-                        live.evidence = e.alarm.evidence
-                    evidence[e.alarm.id] = e.alarm
-                elif e.type == "alarm_cleared":
-                    cleared[e.alarm.id] = e.alarm
+        evidence = WindowEvidence(Path(self.config.evidence_dir), camera.logic, self._active_alarm_ids())
+        for observation in observed:
+            events = camera.logic.observe(observation)
+            for event in events:
+                evidence.note(event)  # before publishing: the events name their evidence folder
             self.emit(events)
-        if obs:
-            peak = max(obs, key=lambda o: o.area_pixels)
-            camera.last_result = {
-                "area_pixels": peak.area_pixels, "area_fraction": peak.area_fraction,
-                "score": max(o.score for o in obs),
-                "centroid_x": peak.centroid[0] if peak.centroid else None,
-                "centroid_y": peak.centroid[1] if peak.centroid else None,
-                "bbox": list(peak.bbox) if peak.bbox else None,
-            }
-        # One write after another, the latest state of each alarm last: alarm.json of an alarm cleared in
-        # this window says so even when the same window also grew it.
-        for alarm_id, alarm in evidence.items():
-            latest = cleared.pop(alarm_id, None) or camera.logic.recent.get(alarm_id) or alarm
-            await self.loop.run_in_executor(self.pool, write_evidence, self.evidence_folder(alarm_id), window, result,
-                                            latest.to_dict(), self.config.evidence_keep)
-        for alarm_id, alarm in cleared.items():
-            await self.loop.run_in_executor(self.pool, write_alarm_json, self.evidence_folder(alarm_id),
-                                            alarm.to_dict())
+        camera.remember_peak(observed)
+        for write in evidence.writes(window, result, self.config.evidence_keep):
+            await self.calls.run(write)
         self.publish_state(camera.name)
 
-    def evidence_folder(self, alarm_id: str) -> Path:
-        return Path(self.config.evidence_dir) / alarm_id
-
-    # -- status table ------------------------------------------------------------------------------
-
-    def _print_table(self) -> None:
-        rows = [f"{'camera':<16} {'state':<14} {'area px':>8} {'score':>6} {'analysed':>9} {'dropped':>8}  fault"]
-        for c in self.cameras.values():
-            s = c.snapshot()
-            rows.append(f"{s['camera']:<16} {s['state']:<14} {s['leak_area_pixels']:>8} {s['score']:>6.2f} "
-                        f"{s['frames_analysed']:>9} {s['windows_dropped']:>8}  "
-                        f"{s['camera_fault'] or s['service_fault'] or ''}"[:160])
-        sys.stdout.write("\x1b[s\x1b[H\x1b[2K" + "\n\x1b[2K".join(rows) + "\n\x1b[u")
-        sys.stdout.flush()
+    def _active_alarm_ids(self) -> "frozenset[str]":
+        """The LEAK alarms still active on any camera: their evidence folders are never pruned."""
+        return frozenset(c.logic.leak.id for c in self.cameras.values() if c.logic.leak is not None)
 
 
-def write_evidence(folder: Path, window: Window, result: ClipResult, alarm: Dict[str, Any], keep: int) -> None:
-    """The window's overlay GIF and result JSON, and the alarm as JSON, in the alarm's folder."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        stem = f"window-{window.number:06d}"
-        (folder / f"{stem}.json").write_text(result.model_dump_json(indent=1), encoding="utf-8")
-        (folder / "alarm.json").write_text(json.dumps(alarm, indent=1), encoding="utf-8")
-        from leakseg.utils.overlay import render_overlays, write_overlays
+class DaemonCalls:
+    """Blocking calls, each in a daemon thread, awaitable: a call hung on a dead service cannot hold up the
+    process's exit (a ThreadPoolExecutor's threads are joined at exit). At shutdown the calls still running
+    get until the deadline to finish: native code (ONNX Runtime in process) must not be running while the
+    interpreter tears down, or the process aborts instead of exiting. :attr:`abandoned` counts those that
+    did not finish; the command then ends the process without that teardown."""
 
-        clip = np.stack([f.pixels for f in window.frames])
-        write_overlays(render_overlays(clip, result), folder / f"{stem}.gif", fps=5)
-        _prune(folder.parent, keep)
-    except Exception as exc:  # noqa: BLE001 - evidence must never stop the alarm path
-        log.warning("could not write evidence to %s: %s", folder, exc)
+    def __init__(self):
+        self._running: Set[threading.Thread] = set()
+        self._lock = threading.Lock()
+
+    def run(self, fn, *args) -> "asyncio.Future":
+        done: Future = Future()
+
+        def target() -> None:
+            try:
+                if done.set_running_or_notify_cancel():
+                    try:
+                        done.set_result(fn(*args))
+                    except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+                        done.set_exception(exc)
+            finally:
+                with self._lock:
+                    self._running.discard(threading.current_thread())
+
+        thread = threading.Thread(target=target, name=f"monitor-{getattr(fn, '__name__', 'call')}", daemon=True)
+        with self._lock:
+            self._running.add(thread)
+        thread.start()
+        return asyncio.wrap_future(done)
+
+    @property
+    def abandoned(self) -> int:
+        with self._lock:
+            return len(self._running)
+
+    async def join_by(self, deadline: float) -> None:
+        while self.abandoned and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self.abandoned:
+            log.warning("%d service call(s) still running at the shutdown deadline: abandoned", self.abandoned)
 
 
-def write_alarm_json(folder: Path, alarm: Dict[str, Any]) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "alarm.json").write_text(json.dumps(alarm, indent=1), encoding="utf-8")
-    except OSError as exc:
-        log.warning("could not write %s/alarm.json: %s", folder, exc)
-
-
-def _prune(root: Path, keep: int) -> None:
-    folders = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
-    for old in folders[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+async def _stop_sinks(sinks: List[Any], warn: bool) -> None:
+    for sink in sinks:
+        try:
+            await sink.stop()
+        except Exception as exc:  # noqa: BLE001 - stopping must reach every sink
+            if warn:
+                log.warning("stopping %s: %s", sink.name, exc)

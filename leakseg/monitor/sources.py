@@ -10,14 +10,16 @@ A source calls back into the runner (from its own thread):
 * ``recovered()`` when frames flow again after a fault;
 * ``ended()`` when a video file or folder listing without ``loop`` is exhausted.
 
-After a loss the source reconnects with exponential backoff (``reconnect_initial`` doubling to
+A source never ends by itself on a failure: whatever goes wrong while reading is a fault with a
+reason, and after a loss the source reconnects with exponential backoff (``reconnect_initial`` doubling to
 ``reconnect_max``), reset once frames flow again. A stream that delivers nothing for
 ``stale_seconds`` is detected by the runner's watchdog (a read can hang without an error).
 
 Pixels: 8-bit video is decoded as RGB (H x W x 3 uint8); 16-bit grey video (gray16le/be, e.g.
 FFV1 or PNG-in-MKV radiometric recordings) as H x W uint16. Drop folders take numbered
-PNG/TIFF (8 or 16 bit) or .npy files in natural order; 16-bit frames stay 16-bit up to the
-service, which maps each clip to 8 bits by one rule.
+PNG/TIFF (8 or 16 bit) or .npy files (one H x W [x 3] frame each) in natural order, read by
+:func:`leakseg.io.frames.read_frame_file` as the service reads its input; 16-bit frames stay
+16-bit up to the service, which maps each clip to 8 bits by one rule.
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from leakseg.monitor.config import CameraConfig
+from leakseg.io.frames import ClipLimits, natural_key, read_frame_file
+from leakseg.monitor.config import END_MARKER, CameraConfig
+from leakseg.schema import InputError
 
 log = logging.getLogger("leakseg.monitor.sources")
 
@@ -103,9 +107,14 @@ class Source(threading.Thread):
     def _backoff(self, attempt: int) -> bool:
         """Wait before reconnecting; False when stopped meanwhile."""
         f = self.camera.faults
-        delay = min(f.reconnect_max, f.reconnect_initial * 2 ** attempt)
+        delay = backoff_delay(attempt, f.reconnect_initial, f.reconnect_max)
         log.info("%s: reconnecting in %.1f s", self.camera.name, delay)
         return not self.stop_event.wait(delay)
+
+
+def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
+    """The wait before retry ``attempt`` (0-based): ``initial`` doubling up to ``maximum``."""
+    return min(maximum, initial * 2 ** min(attempt, 32))
 
 
 class StreamSource(Source):
@@ -189,70 +198,88 @@ class FolderSource(Source):
 
     Files are read in natural order (frame2 before frame10), each once. Write each file under a
     temporary name (starting with '.' or ending in '.tmp') and rename it when complete; a file
-    that cannot be read yet is retried on the next poll, then skipped with a warning.
+    that cannot be read yet is retried on the next two polls, then skipped as a camera fault that
+    names it (cleared by the next good frame). Frames are refused above the service's frame limits
+    before their pixels are decoded. Whatever else goes wrong is a camera fault too, retried with backoff:
+    nothing ends the source but the END file or a stop.
     """
 
     POLL = 0.05
+    READ_ATTEMPTS = 3
+
+    def __init__(self, camera: CameraConfig, callbacks: SourceCallbacks, stop: threading.Event):
+        super().__init__(camera, callbacks, stop)
+        self.folder = Path(camera.source)
+        self.last_key: Optional[tuple] = None  # the last frame file read or skipped, in natural order
+        self.attempts: Dict[str, int] = {}  # file name -> failed reads so far
 
     def run(self) -> None:
-        from leakseg.io.frames import natural_key
-
-        folder = Path(self.camera.source)
-        last_key = None
-        retries = {}
+        attempt = 0
         while not self.stop_event.is_set():
             try:
-                names = [p for p in folder.iterdir()
-                         if p.is_file() and p.suffix.lower() in FOLDER_SUFFIXES and not p.name.startswith(".")]
-            except OSError as exc:
-                self._fault(f"lost: cannot list {folder}: {exc}")
-                if not self._backoff(0):
+                if self._poll():
+                    self.cb.ended()
                     return
+                attempt = 0
+            except Exception as exc:  # noqa: BLE001 - the supervisor: any failure is a camera fault, retried
+                log.warning("%s: reading %s failed", self.camera.name, self.folder, exc_info=True)
+                self._fault(f"lost: cannot read {self.folder}: {type(exc).__name__}: {exc}")
+                if not self._backoff(attempt):
+                    return
+                attempt += 1
                 continue
-            fresh = sorted((p for p in names if last_key is None or natural_key(p) > last_key), key=natural_key)
-            for path in fresh:
-                if self.stop_event.is_set():
-                    return
-                try:
-                    pixels = read_frame_file(path)
-                except (OSError, ValueError) as exc:
-                    retries[path.name] = retries.get(path.name, 0) + 1
-                    if retries[path.name] < 3:
-                        break  # maybe still being written: retry on the next poll
-                    log.warning("%s: skipping unreadable frame %s: %s", self.camera.name, path.name, exc)
-                    retries.pop(path.name, None)
-                    last_key = natural_key(path)
-                    continue
-                retries.pop(path.name, None)
-                last_key = natural_key(path)
-                self._deliver(pixels, None)
-                if self.camera.delete_after_read:
-                    path.unlink(missing_ok=True)
-            if not fresh and self._ended_marker(folder):
-                self.cb.ended()
-                return
             self.stop_event.wait(self.POLL)
 
-    @staticmethod
-    def _ended_marker(folder: Path) -> bool:
-        """A file named END in the folder says the producer is done (used for replays and tests)."""
-        return (folder / "END").exists()
+    def _poll(self) -> bool:
+        """Read the new frames in order; True when the folder is done (no new frame and the END file)."""
+        fresh = self._fresh_files()
+        for key, path in fresh:
+            if self.stop_event.is_set() or not self._take(key, path):
+                break
+        return not fresh and (self.folder / END_MARKER).exists()
+
+    def _fresh_files(self) -> List[Tuple[list, Path]]:
+        found = []
+        for path in self.folder.iterdir():
+            if path.suffix.lower() in FOLDER_SUFFIXES and not path.name.startswith(".") and path.is_file():
+                key = natural_key(path)
+                if self.last_key is None or key > self.last_key:
+                    found.append((key, path))
+        return sorted(found, key=lambda item: item[0])
+
+    def _take(self, key: list, path: Path) -> bool:
+        """Deliver one frame file; False to stop this poll (a file to retry on the next one)."""
+        try:
+            pixels = read_dropped_frame(path)
+        except (InputError, OSError) as exc:
+            self.attempts[path.name] = self.attempts.get(path.name, 0) + 1
+            if self.attempts[path.name] < self.READ_ATTEMPTS:
+                return False  # maybe still being written: retry on the next poll
+            self._skip(key, path, exc)
+            return True
+        self.attempts.pop(path.name, None)
+        self.last_key = key
+        self._deliver(pixels, None)
+        if self.camera.delete_after_read:
+            path.unlink(missing_ok=True)
+        return True
+
+    def _skip(self, key: tuple, path: Path, exc: Exception) -> None:
+        log.warning("%s: skipping unreadable frame %s: %s", self.camera.name, path.name, exc)
+        self.attempts.pop(path.name, None)
+        self.last_key = key
+        self._fault(f"unreadable frame file {path.name[:100]}: {str(exc)[:300]}")
 
 
-def read_frame_file(path: Path) -> np.ndarray:
-    """A dropped frame: .npy (uint8/uint16/float32, H x W or H x W x 3) or an image file."""
-    if path.suffix.lower() == ".npy":
-        arr = np.load(path, allow_pickle=False)
-        if arr.dtype not in (np.uint8, np.uint16, np.float32) or arr.ndim not in (2, 3):
-            raise ValueError(f"{path.name}: expected H x W [x 3] uint8/uint16/float32, got {arr.shape} {arr.dtype}")
-        return arr
-    from leakseg.io.frames import decode_image
+#: The service's limits for one frame (pixels, decoded bytes): a dropped file announcing more is refused
+#: from its header, before its pixels are decoded.
+FRAME_LIMITS = ClipLimits()
 
-    data = path.read_bytes()
-    try:
-        return decode_image(data, path.name)
-    except Exception as exc:  # InputError: not readable (yet)
-        raise ValueError(str(exc)) from exc
+
+def read_dropped_frame(path: Path) -> np.ndarray:
+    """One frame file of a drop folder; :class:`InputError` for a file that is not one readable frame
+    (its layout and size are checked from its header before anything is decoded)."""
+    return read_frame_file(path, FRAME_LIMITS)
 
 
 def make_source(camera: CameraConfig, callbacks: SourceCallbacks, stop: threading.Event) -> Source:

@@ -13,6 +13,8 @@ A window that is dropped under backpressure loses its L - 2 final frames (counte
 window still starts with its last two frames, so the frames that are reported always had their
 published triplet. :meth:`WindowBuilder.flush` hands out the rest at the end of a stream
 (at least 3 frames); its last two frames are reported with the service's fallback triplets.
+The camera flushes the same way when the stream breaks (a fault, a gap, a new resolution): a window
+never mixes frames from both sides of a break.
 """
 
 from __future__ import annotations
@@ -82,6 +84,14 @@ class WindowBuilder:
         window = Window(self.camera, self._count, frames, len(frames), created=frames[-1].arrived)
         self._count += 1
         return window
+
+    def continues_with(self, frame: Frame) -> bool:
+        """Whether ``frame`` can join the frames held: same size and type (a camera that changed its resolution
+        starts a new window; one clip holds one size)."""
+        if not self._frames:
+            return True
+        last = self._frames[-1].pixels
+        return frame.pixels.shape == last.shape and frame.pixels.dtype == last.dtype
 
     def reset(self) -> int:
         """Forget the frames held (the stream broke: the next frame does not follow them).

@@ -25,7 +25,7 @@ from leakseg.inference.predictor import PreparedClip, Predictor
 from leakseg.inference.runtime import default_threads
 from leakseg.schema import ClipResult, ErrorCode, InputError, ModelDescription
 from leakseg.serving.oip import is_v2_input, request_from_envelope_input
-from leakseg.serving.parse import content_type, decode_frames, parse_request
+from leakseg.serving.parse import content_type, decode_request_frames, parse_request
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +109,11 @@ class LeakSegHandler:
             if is_v2_input(parts):  # one input of a v2 request, from KServe's kservev2 envelope (docs/DEPLOY.md)
                 request = request_from_envelope_input(parts)
             else:
-                request = parse_request(parts, content_type(context.get_all_request_header(idx)))
+                request = parse_request(parts, content_type(context.get_all_request_header(idx)), self.predictor.limits)
             if request.describe:
                 return self.predictor.describe()
             settings = self.predictor.settings(request.prompts, request.options)  # cheap checks before decoding
-            frames, names = decode_frames(request, self.predictor.limits, self._pool)
+            frames, names = decode_request_frames(request, self.predictor.limits, self._pool)
             return self.predictor.prepare(frames, settings, names)
         except InputError as exc:
             return exc

@@ -13,8 +13,11 @@ frontend's ``InferenceRequestHandler.parseRequest`` and ``ts/protocol/otf_messag
     (``application/json`` -> the parsed JSON, or the raw bytes when it is malformed);
   - query-string parameters never arrive: the frontend drops the query string of a request with
     a body (tested through a real TorchServe in tests/test_hardening.py), so they are ignored;
-  - JSON that TorchServe's own ``json.loads`` cannot parse (malformed, invalid UTF-8, nested
-    deeper than Python's recursion limit) arrives as the raw bytes, parsed again here;
+  - with ``decode_input_request=false`` (config.properties, as leakseg ships it) TorchServe leaves
+    every value as raw bytes: JSON is parsed here, after its structure is counted
+    (:func:`_check_json_structure`), never by the worker before the handler runs. With TorchServe's
+    default (true) JSON arrives parsed, and JSON its ``json.loads`` cannot parse (malformed,
+    invalid UTF-8, nested too deep) as the raw bytes, parsed again here;
   - a repeated name keeps only its last value (the entries go through ``dict.update``).
 * the request's HTTP headers (as the client spelled their names) are read with
   ``context.get_request_header(i, name)``; ``context.get_all_request_header(i)`` mixes them
@@ -36,8 +39,8 @@ from typing import Any, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from leakseg.io.frames import ClipLimits, decode_clip_array, decode_images
-from leakseg.schema import ErrorCode, InputError
+from leakseg.io.frames import ClipLimits, decode_clip_bytes, decode_clip_images, too_many_frames
+from leakseg.schema import ClipOptions, ErrorCode, InputError
 
 MULTIPART = "multipart/form-data"
 JSON = "application/json"
@@ -77,12 +80,18 @@ def content_type(headers: Mapping[str, Any]) -> str:
 # --- parsing --------------------------------------------------------------------------------
 
 
-def parse_request(parts: Mapping[str, Any], mime: str) -> ClipRequest:
-    """Dispatch on the Content-Type; raises InputError for anything but the two request forms."""
+def parse_request(parts: Mapping[str, Any], mime: str, limits: Optional[ClipLimits] = None) -> ClipRequest:
+    """Dispatch on the Content-Type; raises InputError for anything but the two request forms.
+
+    Everything countable is counted before anything is decoded or validated: frames against
+    ``limits.max_frames`` (before base64 decoding or copying a part), option keys against the
+    number of options (before pydantic builds an error per unknown key).
+    """
+    limits = limits or ClipLimits()
     if mime == MULTIPART:
-        return parse_multipart(parts)
+        return parse_multipart(parts, limits)
     if mime == JSON:
-        return parse_json(parts)
+        return parse_json(parts, limits)
     if mime == URLENCODED:
         raise InputError(
             ErrorCode.UNSUPPORTED_CONTENT_TYPE,
@@ -93,7 +102,7 @@ def parse_request(parts: Mapping[str, Any], mime: str) -> ClipRequest:
                      "Content-Type")
 
 
-def parse_multipart(parts: Mapping[str, Any]) -> ClipRequest:
+def parse_multipart(parts: Mapping[str, Any], limits: Optional[ClipLimits] = None) -> ClipRequest:
     request, frames = ClipRequest(), []
     for name, value in parts.items():
         match = FRAME_PART.fullmatch(name)
@@ -104,7 +113,7 @@ def parse_multipart(parts: Mapping[str, Any]) -> ClipRequest:
         elif name == "prompts":
             request.prompts = _json_part(value, name, ErrorCode.INVALID_BODY)
         elif name == "options":
-            request.options = _json_part(value, name, ErrorCode.INVALID_OPTIONS)
+            request.options = counted_options(_json_part(value, name, ErrorCode.INVALID_OPTIONS))
         else:
             raise InputError(
                 ErrorCode.INVALID_BODY,
@@ -113,6 +122,7 @@ def parse_multipart(parts: Mapping[str, Any]) -> ClipRequest:
     if request.clip is not None and frames:
         raise InputError(ErrorCode.INVALID_BODY,
                          "send either frame_NNNN parts or one clip part, not both", "clip")
+    _count_frames(frames, limits or ClipLimits())
     request.images = _ordered_frames(frames)
     return request
 
@@ -127,7 +137,7 @@ def _ordered_frames(frames: List[Tuple[int, str, Any]]) -> List[Tuple[str, bytes
     return [(name, _file_bytes(value, name)) for _, name, value in frames]
 
 
-def parse_json(parts: Mapping[str, Any]) -> ClipRequest:
+def parse_json(parts: Mapping[str, Any], limits: Optional[ClipLimits] = None) -> ClipRequest:
     extra = sorted(set(parts) - {"body"})
     if extra:
         raise InputError(ErrorCode.INVALID_BODY,
@@ -141,8 +151,8 @@ def parse_json(parts: Mapping[str, Any]) -> ClipRequest:
                          f"the JSON body must be an object, not {_json_type(body)}; {HOW_TO_SEND}", "body")
     unknown = [k for k in body if k not in JSON_FIELDS]
     if unknown:
-        raise InputError(ErrorCode.INVALID_BODY,
-                         f"unknown field(s) {unknown}; the fields are {', '.join(JSON_FIELDS)}", unknown[0])
+        raise InputError(ErrorCode.INVALID_BODY, f"{len(unknown)} unknown field(s) {unknown[:5]}; the fields are "
+                         f"{', '.join(JSON_FIELDS)}", unknown[0])
     describe = body.get("describe", False)
     if not isinstance(describe, bool):
         raise InputError(ErrorCode.INVALID_BODY, "describe must be true or false", "describe")
@@ -152,13 +162,29 @@ def parse_json(parts: Mapping[str, Any]) -> ClipRequest:
             raise InputError(ErrorCode.INVALID_BODY, f"a describe request takes no other fields, got {others}",
                              others[0])
         return ClipRequest(describe=True)
-    return ClipRequest(images=_base64_frames(body.get("frames", [])),
-                       prompts=body.get("prompts"), options=body.get("options"))
+    return ClipRequest(images=_base64_frames(body.get("frames", []), limits or ClipLimits()),
+                       prompts=body.get("prompts"), options=counted_options(body.get("options")))
 
 
-def _base64_frames(frames: Any) -> List[Tuple[str, bytes]]:
+def _count_frames(frames: List[Any], limits: ClipLimits) -> None:
+    if len(frames) > limits.max_frames:
+        raise too_many_frames(len(frames), limits)
+
+
+def counted_options(options: Any) -> Any:
+    """``options`` as sent; an object with more keys than there are options is refused before validation
+    (pydantic would build one error per unknown key: 200,000 keys cost 0.7 s)."""
+    known = ClipOptions.model_fields
+    if isinstance(options, dict) and len(options) > len(known):
+        raise InputError(ErrorCode.INVALID_OPTIONS, f"options has {len(options)} keys; there are {len(known)} "
+                         f"options: {', '.join(known)}", "options")
+    return options
+
+
+def _base64_frames(frames: Any, limits: ClipLimits) -> List[Tuple[str, bytes]]:
     if not isinstance(frames, list) or not all(isinstance(f, str) for f in frames):
         raise InputError(ErrorCode.INVALID_BODY, "frames must be a list of base64-encoded image files", "frames")
+    _count_frames(frames, limits)  # before decoding any of them
     decoded = []
     for i, text in enumerate(frames):
         name = f"frames[{i}]"
@@ -187,9 +213,10 @@ def _json_part(value: Any, name: str, code: ErrorCode) -> Any:
 
 
 def _json_text(value: Any, name: str, code: ErrorCode) -> Any:
-    text = value if isinstance(value, str) else bytes(value)
-    if not text.strip():
+    text = value if isinstance(value, (str, bytes, bytearray)) else bytes(value)  # no copy of a big body
+    if not text or text.isspace():
         raise InputError(code, f"{name} is empty; expected JSON", name)
+    _check_json_structure(text, name, code)
     try:
         return json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -197,6 +224,26 @@ def _json_text(value: Any, name: str, code: ErrorCode) -> Any:
     except RecursionError as exc:  # TorchServe's own json.loads gave up on it too and forwarded the bytes
         raise InputError(code, f"{name} is JSON nested too deep (arrays or objects within each other "
                          "about a thousand levels or more)", name) from exc
+
+
+def _check_json_structure(text: Any, name: str, code: ErrorCode) -> None:
+    """Refuse JSON with more structure than any request needs, before parsing it.
+
+    Parsing costs an object per array, object, element and key: ``[[],[],...]`` takes some 24 times
+    its size (an empty list is 56 bytes for 3 bytes of JSON). Strings cost about their size. So the
+    brackets, braces, commas and colons are counted first (a request holds about 60: 32 frames, a
+    few prompts, six options); at most MAX_JSON_STRUCTURE of them bound the objects to some 64 MB.
+    """
+    marks = _STRUCTURE if isinstance(text, str) else _STRUCTURE.encode()
+    count = sum(text.count(marks[i:i + 1]) for i in range(len(marks)))
+    if count > MAX_JSON_STRUCTURE:
+        raise InputError(code, f"{name} is JSON with {count} brackets, braces, commas and colons; a request "
+                         f"needs far fewer (at most {MAX_JSON_STRUCTURE})", name)
+
+
+#: See _check_json_structure: the structural characters that cost the JSON parser an object each.
+_STRUCTURE = "[{,:"
+MAX_JSON_STRUCTURE = 1_000_000
 
 
 def _json_type(value: Any) -> str:
@@ -208,10 +255,10 @@ def _json_type(value: Any) -> str:
 # --- decoding -------------------------------------------------------------------------------
 
 
-def decode_frames(request: ClipRequest, limits: ClipLimits, pool: Optional[Executor] = None,
-                  ) -> Tuple[List[np.ndarray], List[str]]:
+def decode_request_frames(request: ClipRequest, limits: ClipLimits, pool: Optional[Executor] = None,
+                          ) -> Tuple[List[np.ndarray], List[str]]:
     """The request's frames as arrays and their names, by :mod:`leakseg.io.frames` (limits from headers first)."""
     if request.clip is not None:
-        frames = decode_clip_array(request.clip, "clip", limits)
+        frames = decode_clip_bytes(request.clip, "clip", limits)
         return frames, [f"clip[{i}]" for i in range(len(frames))]
-    return decode_images(request.images, limits, pool), [name for name, _ in request.images]
+    return decode_clip_images(request.images, limits, pool), [name for name, _ in request.images]

@@ -1,4 +1,5 @@
-"""Training and evaluation: synthetic data, the dataset reader, samplers, loss, the loop, metrics.
+"""Training and evaluation: the dataset reader, samplers, loss, the loop, metrics (synthetic data:
+:mod:`leakseg.synth`).
 
 The model and its checkpoints live in :mod:`leakseg.model`; inference (also during validation)
 goes through :class:`leakseg.inference.Predictor`.

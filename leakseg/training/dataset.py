@@ -1,7 +1,7 @@
 """Read clips laid out as the authors' datasets are: ``ROOT/SCENE/images/*`` and ``ROOT/SCENE/masks/*``.
 
 Frames and masks are paired by file stem (``00012.png`` with ``00012.png`` or ``00012.jpg``) and ordered
-naturally (``2`` before ``10``). Frames are read by :func:`leakseg.io.frames.read_image`, exactly as a request's
+naturally (``2`` before ``10``). Frames are read by :func:`leakseg.io.frames.read_image_file`, exactly as a request's
 image files are decoded (grey stays grey, colour stays RGB, 16 bit stays 16 bit). Masks are read as "non-zero" when stored as 0/1 and as ">= 128" otherwise, which also copes with JPEG
 ringing around 0/255 masks.
 """
@@ -13,7 +13,7 @@ from typing import List, Optional, Tuple, Union
 
 import numpy as np
 
-from leakseg.io.frames import list_image_files, natural_key, read_image
+from leakseg.io.frames import list_image_files, natural_key, read_image_file
 
 PathLike = Union[str, Path]
 
@@ -33,7 +33,7 @@ def scene_frames(scene_dir: PathLike) -> List[Tuple[Path, Optional[Path]]]:
 
 def read_mask(path: PathLike) -> np.ndarray:
     """A label image as bool H x W (a colour mask counts its brightest channel)."""
-    arr = read_image(path)
+    arr = read_image_file(path)
     arr = arr.max(axis=-1) if arr.ndim == 3 else arr
     return arr > 0 if arr.max(initial=0) <= 1 else arr >= (128 if arr.dtype == np.uint8 else 32768)
 
@@ -47,7 +47,7 @@ def load_scene(scene_dir: PathLike) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     pairs = scene_frames(scene_dir)
     if not pairs:
         raise FileNotFoundError(f"no images in {Path(scene_dir) / 'images'}")
-    frames = np.stack([read_image(img) for img, _ in pairs])  # np.stack refuses mixed sizes
+    frames = np.stack([read_image_file(img) for img, _ in pairs])  # np.stack refuses mixed sizes
     if not (Path(scene_dir) / "masks").is_dir():
         return frames, None
     missing = [img.name for img, mask in pairs if mask is None]

@@ -1,4 +1,4 @@
-"""The training loop of JVLGS and FGSTP, each as published (REFERENCE.md, "Training, as published";
+"""The training loop of JVLGS and FGSTP, each as published (docs/MODELS.md, the published training recipe;
 FGSTP: its repository's train.py).
 
 * Samples (:mod:`leakseg.training.samplers`): the published triplets, or whole-clip windows that
@@ -31,7 +31,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -42,7 +42,7 @@ from leakseg.model import TripletNetwork, get_family
 from leakseg.model.prompts import PromptBank
 from leakseg.schema import ClipOptions
 from leakseg.training.augment import AugmentConfig
-from leakseg.training.loss import published_loss, structure_loss
+from leakseg.training.loss import published_loss
 from leakseg.training.samplers import Clip, ClipSet, TripletSet, load_clips
 from leakseg.training.start import load_start
 
@@ -106,6 +106,13 @@ class TrainConfig:
     resume: Optional[str] = None  # an earlier OUT (or OUT/last) to continue from (see the module doc)
     save_every_minutes: Optional[float] = None  # also write OUT/last (and its state) this often
 
+    @classmethod
+    def from_args(cls, args, **overrides) -> "TrainConfig":
+        """The config of parsed `leakseg train` arguments: each field from the argument of its name (each
+        argument's dest is its field's name, leakseg.commands.train), then ``overrides``."""
+        given = vars(args)
+        return cls(**{**{f.name: given[f.name] for f in fields(cls) if f.name in given}, **overrides})
+
 
 #: The resumable training state written beside OUT/last's weights.
 STATE_FILE = "train_state.pt"
@@ -162,24 +169,22 @@ def train_step(model: TripletNetwork, optimizer, triplets: torch.Tensor, masks: 
                text: Optional[torch.Tensor], clip_value: Optional[float] = 0.5) -> float:
     """One step on (B, 3, 3, S, S) triplets (:class:`TripletSet`), the research code's way, with the
     family's published loss (``text`` None for FGSTP)."""
-    if text is None:
-        outputs = model.forward_triplet(triplets)
-    else:
-        outputs = model.forward_triplet(triplets, text.expand(triplets.shape[0], -1, -1))
+    outputs = model.forward_triplet(triplets, *_text_rows(text, triplets.shape[0]))
     return _optimise(model, optimizer, published_loss(model.family, *outputs, masks), clip_value)
 
 
 def clip_step(model: TripletNetwork, optimizer, frames: torch.Tensor, masks: torch.Tensor, targets: torch.Tensor,
               neighbours: torch.Tensor, text: Optional[torch.Tensor], clip_value: Optional[float] = 0.5) -> float:
     """One step on clips (:class:`ClipSet`): the family's published loss on the labelled frames' outputs."""
-    if text is None:  # FGSTP: its loss needs the decoder maps too
-        logits, maps1, maps2 = model.forward_maps(frames, neighbours)
-        pick = [m.index_select(0, targets) for m in maps1], [m.index_select(0, targets) for m in maps2]
-        loss = published_loss(model.family, logits.index_select(0, targets), *pick, masks)
-    else:
-        logits = model(frames, text.expand(frames.shape[0], -1, -1), neighbours)
-        loss = structure_loss(logits.index_select(0, targets), masks)
+    logits, maps1, maps2 = model.forward_maps(frames, *_text_rows(text, frames.shape[0]), neighbours)
+    pick = [m.index_select(0, targets) for m in maps1], [m.index_select(0, targets) for m in maps2]
+    loss = published_loss(model.family, logits.index_select(0, targets), *pick, masks)
     return _optimise(model, optimizer, loss, clip_value)
+
+
+def _text_rows(text: Optional[torch.Tensor], rows: int) -> List[torch.Tensor]:
+    """The graph's text input for ``rows`` frames: the text matrix repeated, or nothing for a family without prompts."""
+    return [] if text is None else [text.expand(rows, -1, -1)]
 
 
 def min_input_size() -> int:
@@ -209,8 +214,18 @@ def serving_postprocess(cfg: TrainConfig) -> Dict[str, Any]:
 
 
 def train(cfg: TrainConfig) -> TrainResult:
-    from leakseg.model.checkpoint import save_native
+    """Train as ``cfg`` says (see the module doc); writes OUT/last, OUT/best (with validation) and
+    OUT/train_log.json."""
+    check_config(cfg)
+    run = _TrainingRun(cfg)
+    while run.result.steps < run.total and not run.result.stopped:
+        if not run.run_epoch():
+            break
+    return run.finish()
 
+
+def check_config(cfg: TrainConfig) -> None:
+    """ValueError for settings that cannot train, before anything is loaded."""
     if cfg.sampler not in ("triplet", "clip"):
         raise ValueError(f"sampler must be 'triplet' or 'clip', not {cfg.sampler!r}")
     if cfg.crop is not None and cfg.crop > cfg.size:
@@ -220,28 +235,33 @@ def train(cfg: TrainConfig) -> TrainResult:
         raise ValueError(f"{'--crop' if cfg.crop else '--size'} {net_input} is too small: the network needs at least "
                          f"{min_input_size()} pixels (its stride-32 features must be 8 x 8 or larger for the temporal block)")
 
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    state = None
-    if cfg.resume:
-        folder = resume_folder(cfg.resume)
-        state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)
-        saved = state["config"]
-        differ = [k for k in _RESUME_MUST_MATCH if saved.get(k) != getattr(cfg, k)]
-        if differ:
-            raise ValueError("--resume: these settings differ from the run being continued: " + ", ".join(
-                f"{k} {saved.get(k)!r} there, {getattr(cfg, k)!r} here" for k in differ))
-        model, bank, _ = load_start(str(folder), cfg.backbone)
-        info = state["info"]
-    else:
-        model, bank, info = load_start(cfg.init, cfg.backbone, cfg.arch)
-    if cfg.lr_drop_at is None:
-        cfg = replace(cfg, lr_drop_at=get_family(model.family).lr_drop_at)
-    recommended = {**get_family(model.family).published_postprocess, **serving_postprocess(cfg)}
-    model.to(device).train()
-    text = torch.from_numpy(bank.matrix()).to(device)[None] if bank.takes_prompts else None  # (1, D, P), fixed
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _saved_config(cfg: TrainConfig) -> Dict[str, Any]:
+    """The settings written into checkpoints and the resumable state (not the progress bar's)."""
+    return {k: v for k, v in asdict(cfg).items() if k not in ("progress",)}
+
+
+def _resume_state(cfg: TrainConfig) -> Tuple[Path, Dict]:
+    """(checkpoint folder, saved state) of the run ``cfg.resume`` continues; ValueError when the settings
+    that shape its batches differ."""
+    folder = resume_folder(cfg.resume)
+    state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)
+    saved = state["config"]
+    differ = [k for k in _RESUME_MUST_MATCH if saved.get(k) != getattr(cfg, k)]
+    if differ:
+        raise ValueError("--resume: these settings differ from the run being continued: " + ", ".join(
+            f"{k} {saved.get(k)!r} there, {getattr(cfg, k)!r} here" for k in differ))
+    return folder, state
+
+
+def _training_data(cfg: TrainConfig):
+    """(training samples, validation clips)."""
     clips = load_clips(cfg.data, cfg.few_shot)
     augment = AugmentConfig() if cfg.augment else None
     train_set = (ClipSet(clips, cfg.size, augment, cfg.crop, cfg.window) if cfg.sampler == "clip"
@@ -249,142 +269,245 @@ def train(cfg: TrainConfig) -> TrainResult:
     val_clips = load_clips(cfg.val) if cfg.val else []
     if len(train_set) == 0:
         raise ValueError(f"no labelled frames under {cfg.data}")
-    log.info("%d training %ss from %d clips, %d validation clips; start: %s; device %s",
-             len(train_set), cfg.sampler, len(train_set.clips), len(val_clips), info["start"], device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    if state is not None and state.get("optimizer") is not None:
-        optimizer.load_state_dict(state["optimizer"])
-    elif state is not None:
-        log.warning("--resume: the saved state has no optimiser moments; Adam starts them afresh")
-    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
-    total = cfg.epochs * steps_per_epoch if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
-    meta = {"training": {k: v for k, v in asdict(cfg).items() if k not in ("progress",)}, **info}
-    if recommended:
-        meta["postprocess"] = recommended
-    options = ClipOptions(**recommended)
-    out = Path(cfg.out)
-    result = TrainResult()
-    bar = None
-    if cfg.progress:
+    return train_set, val_clips
+
+
+class _TrainingRun:
+    """One run, a method per step: start or resume (the constructor), epochs of optimiser steps with the
+    learning-rate drop and periodic saves, validation, checkpoints, the log."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.device = _device(cfg.device)
+        torch.manual_seed(cfg.seed)  # before the start: a scratch model's initial weights come from it
+        self.rng = np.random.default_rng(cfg.seed)
+        state = self._load_model(cfg)
+        family = get_family(self.model.family)
+        self.cfg = cfg = replace(cfg, lr_drop_at=family.lr_drop_at) if cfg.lr_drop_at is None else cfg
+        recommended = {**family.published_postprocess, **serving_postprocess(cfg)}
+        self._to_device()
+        self.train_set, self.val_clips = _training_data(cfg)
+        log.info("%d training %ss from %d clips, %d validation clips; start: %s; device %s", len(self.train_set),
+                 cfg.sampler, len(self.train_set.clips), len(self.val_clips), self.info["start"], self.device)
+        self.optimizer = self._optimizer(state)
+        self._plan(recommended)
+        self._start_clock(state)
+
+    # --- start ------------------------------------------------------------------------------------
+
+    def _load_model(self, cfg: TrainConfig) -> Optional[Dict]:
+        """The model, its prompt bank and how it started: the resumed run's, or ``cfg``'s start. Returns
+        the resumable state (None for a fresh start)."""
+        if not cfg.resume:
+            self.model, self.bank, self.info = load_start(cfg.init, cfg.backbone, cfg.arch)
+            return None
+        folder, state = _resume_state(cfg)
+        self.model, self.bank, _ = load_start(str(folder), cfg.backbone)
+        self.info = state["info"]
+        return state
+
+    def _to_device(self) -> None:
+        self.model.to(self.device).train()
+        takes_prompts = self.bank.takes_prompts  # FGSTP has no text input
+        self.text = torch.from_numpy(self.bank.matrix()).to(self.device)[None] if takes_prompts else None  # (1, D, P)
+
+    def _plan(self, recommended: Dict[str, Any]) -> None:
+        """Step counts, what checkpoints record, the result and the progress bar."""
+        cfg = self.cfg
+        self.steps_per_epoch = math.ceil(len(self.train_set) / cfg.batch_size)
+        all_steps = cfg.epochs * self.steps_per_epoch
+        self.total = all_steps if cfg.max_steps is None else min(cfg.max_steps, all_steps)
+        self.meta = {"training": _saved_config(cfg), **self.info}
+        if recommended:
+            self.meta["postprocess"] = recommended
+        self.options = ClipOptions(**recommended)
+        self.out = Path(cfg.out)
+        self.result = TrainResult()
+        self.bar = self._progress_bar() if cfg.progress else None
+
+    def _start_clock(self, state: Optional[Dict]) -> None:
+        """Time, budget and schedule counters: from zero, or where the resumed run left them."""
+        cfg = self.cfg
+        self.t0 = time.monotonic()
+        self.budget = None if cfg.max_minutes is None else 60.0 * cfg.max_minutes
+        self.dropped = False  # whether the learning rate was dropped already
+        self.epoch = 0
+        self.pending = None  # (order, next index, running losses) of an epoch a resumed run is in the middle of
+        if state is not None:
+            self._restore(state)
+        self.every = None if cfg.save_every_minutes is None else 60.0 * cfg.save_every_minutes
+        self.last_save = time.monotonic()
+
+    def _optimizer(self, state: Optional[Dict]):
+        optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr)
+        if state is not None and state.get("optimizer") is not None:
+            optimizer.load_state_dict(state["optimizer"])
+        elif state is not None:
+            log.warning("--resume: the saved state has no optimiser moments; Adam starts them afresh")
+        return optimizer
+
+    def _progress_bar(self):
         from tqdm import tqdm
 
-        bar = tqdm(total=total, unit="step", desc="train", dynamic_ncols=True)
-    t0 = time.monotonic()
-    budget = None if cfg.max_minutes is None else 60.0 * cfg.max_minutes
-    dropped = False
-    epoch = 0
-    pending = None  # (order, next index, running losses) of an epoch a resumed run is in the middle of
-    if state is not None:
-        t0 -= state["seconds"]
-        dropped = state["dropped"]
-        if dropped:  # the schedule position wins over a changed --lr
-            for g in optimizer.param_groups:
-                g["lr"] = cfg.lr * 0.1
-        epoch = state["epoch"]
+        return tqdm(total=self.total, unit="step", desc="train", dynamic_ncols=True)
+
+    def _restore(self, state: Dict) -> None:
+        """Counters, history, schedule position and RNGs of the run being continued."""
+        result = self.result
+        self.t0 -= state["seconds"]
+        self.dropped = state["dropped"]
+        if self.dropped:  # the schedule position wins over a changed --lr
+            self._set_lr(self.cfg.lr * 0.1)
+        self.epoch = state["epoch"]
         result.steps, result.losses = state["steps"], list(state["losses"])
         result.epoch_losses, result.val = list(state["epoch_losses"]), list(state["val"])
         result.best_score = tuple(state["best_score"]) if state["best_score"] is not None else None
         if state["order"] is not None:
-            pending = (np.asarray(state["order"]), state["next"], list(state["running"]))
+            self.pending = (np.asarray(state["order"]), state["next"], list(state["running"]))
         torch.set_rng_state(state["torch_rng"])
-        rng.bit_generator.state = state["numpy_rng"]
-        if bar is not None:
-            bar.update(result.steps)
+        self.rng.bit_generator.state = state["numpy_rng"]
+        if self.bar is not None:
+            self.bar.update(result.steps)
         log.info("resumed from %s at step %d (epoch %d, %.1f min trained so far)",
-                 cfg.resume, result.steps, epoch, state["seconds"] / 60)
+                 self.cfg.resume, result.steps, self.epoch, state["seconds"] / 60)
 
-    def save(folder: Path, extra: Dict) -> None:
-        model.eval()
-        save_native(folder, model.cpu(), bank, {**meta, **extra})
-        model.to(device).train()
+    # --- an epoch ---------------------------------------------------------------------------------
 
-    def save_state(folder: Path, order, next_index, running, epoch_losses) -> None:
-        """The resumable state beside the weights just saved in ``folder`` (written atomically)."""
+    def run_epoch(self) -> bool:
+        """One epoch (or the rest of an interrupted one), then validation and checkpoints; False when it
+        ran no step."""
+        if self.pending is not None:
+            (order, first, running), self.pending = self.pending, None
+        else:
+            order, first, running = self.rng.permutation(len(self.train_set)), 0, []
+        next_index = self._run_steps(order, first, running)
+        if not running:
+            return False
+        self._end_epoch(order, next_index, running)
+        return True
+
+    def _run_steps(self, order: np.ndarray, first: int, running: List[float]) -> Optional[int]:
+        """Steps over ``order`` from ``first``; returns where the epoch stopped early (None: it ran out)."""
+        batch_size = self.cfg.batch_size
+        for i in range(first, len(order), batch_size):
+            elapsed = time.monotonic() - self.t0
+            if self._out_of_time(elapsed) or self.result.steps >= self.total:
+                return i
+            self._drop_lr_when_due(elapsed)
+            self._step(order[i:i + batch_size], running)
+            if self._save_due() and i + batch_size < len(order):
+                self._save_mid_epoch(order, i + batch_size, running)
+        return None
+
+    def _out_of_time(self, elapsed: float) -> bool:
+        """Whether the time budget is spent (after at least one step); records why the run stops."""
+        if self.budget is not None and elapsed >= self.budget and self.result.steps > 0:
+            self.result.stopped = f"time budget of {self.cfg.max_minutes} min reached"
+            return True
+        return False
+
+    def _drop_lr_when_due(self, elapsed: float) -> None:
+        """lr x 0.1 once ``lr_drop_at`` of the time budget or of the steps has passed, whichever first."""
+        cfg = self.cfg
+        late = (self.budget is not None and elapsed >= cfg.lr_drop_at * self.budget) or \
+            self.result.steps >= cfg.lr_drop_at * self.total
+        if late and not self.dropped:
+            self._set_lr(cfg.lr * 0.1)
+            self.dropped = True
+            log.info("step %d: learning rate -> %g", self.result.steps, cfg.lr * 0.1)
+
+    def _set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def _step(self, indices: np.ndarray, running: List[float]) -> None:
+        batch = [t.to(self.device) for t in self.train_set.batch(indices, self.rng)]
+        step = clip_step if self.cfg.sampler == "clip" else train_step
+        loss = step(self.model, self.optimizer, *batch, self.text, self.cfg.clip_value)
+        self.result.losses.append(loss)
+        running.append(loss)
+        self.result.steps += 1
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(epoch=self.epoch + 1, loss=f"{np.mean(running[-20:]):.4f}",
+                                 lr=self.optimizer.param_groups[0]["lr"])
+
+    def _end_epoch(self, order: np.ndarray, next_index: Optional[int], running: List[float]) -> None:
+        """Epoch bookkeeping, validation (and OUT/best), OUT/last with its resumable state."""
+        result = self.result
+        if self.budget is not None and time.monotonic() - self.t0 >= self.budget and not result.stopped:
+            result.stopped = f"time budget of {self.cfg.max_minutes} min reached"
+        self.epoch += 1
+        whole = len(running) == self.steps_per_epoch
+        result.epochs = self.epoch if whole else self.epoch - 1 + len(running) / self.steps_per_epoch
+        result.epoch_losses.append(float(np.mean(running)))
+        extra = {"training_progress": {"steps": result.steps, "epochs": round(result.epochs, 3),
+                                       "last_epoch_loss": result.epoch_losses[-1]}}
+        finished = result.steps >= self.total or bool(result.stopped)
+        if self.val_clips and (self.epoch % self.cfg.val_every == 0 or finished):
+            extra["validation"] = self._validate(extra)
+        else:
+            log.info("epoch %d: loss %.4f", self.epoch, result.epoch_losses[-1])
+        self._save(self.out / "last", extra)
+        if next_index is not None and next_index < len(order):  # stopped inside the epoch: resume inside it
+            self._save_state(self.epoch - 1, order, next_index, running, result.epoch_losses[:-1])
+        else:
+            self._save_state(self.epoch, None, None, [], result.epoch_losses)
+        self.last_save = time.monotonic()
+
+    # --- validation and checkpoints ---------------------------------------------------------------
+
+    def _validate(self, extra: Dict) -> Dict:
+        """Validate; a new best score also writes OUT/best (with ``extra`` and the summary)."""
+        result = self.result
+        summary = validate(self.model, self.bank, self.val_clips, self.cfg.size, self.device, self.options)
+        result.val.append(summary)
+        score = _score(summary)
+        log.info("epoch %d: loss %.4f; validation J&F %s (frames with gas: %s), false alarms %s",
+                 self.epoch, result.epoch_losses[-1], *_percentages(summary))
+        if result.best_score is None or score > result.best_score:
+            result.best_score = score
+            self._save(self.out / "best", {**extra, "validation": summary})
+        return summary
+
+    def _save_due(self) -> bool:
+        return self.every is not None and time.monotonic() - self.last_save >= self.every
+
+    def _save_mid_epoch(self, order: np.ndarray, next_index: int, running: List[float]) -> None:
+        """OUT/last and its state in the middle of an epoch (``save_every_minutes``)."""
+        epochs = round(self.epoch + len(running) / self.steps_per_epoch, 3)
+        self._save(self.out / "last", {"training_progress": {"steps": self.result.steps, "epochs": epochs}})
+        self._save_state(self.epoch, order, next_index, running, self.result.epoch_losses)
+        self.last_save = time.monotonic()
+        log.info("step %d: saved %s", self.result.steps, self.out / "last")
+
+    def _save(self, folder: Path, extra: Dict) -> None:
+        from leakseg.model.checkpoint import save_native
+
+        self.model.eval()
+        save_native(folder, self.model.cpu(), self.bank, {**self.meta, **extra})
+        self.model.to(self.device).train()
+
+    def _save_state(self, epoch: int, order, next_index, running, epoch_losses) -> None:
+        """The resumable state beside the weights just saved in OUT/last (written atomically)."""
+        result = self.result
         resumable = {
-            "config": {k: v for k, v in asdict(cfg).items() if k not in ("progress",)}, "info": info,
-            "optimizer": optimizer.state_dict(), "dropped": dropped, "epoch": epoch, "steps": result.steps,
-            "seconds": time.monotonic() - t0, "losses": list(result.losses), "epoch_losses": list(epoch_losses),
+            "config": _saved_config(self.cfg), "info": self.info,
+            "optimizer": self.optimizer.state_dict(), "dropped": self.dropped, "epoch": epoch, "steps": result.steps,
+            "seconds": time.monotonic() - self.t0, "losses": list(result.losses), "epoch_losses": list(epoch_losses),
             "val": list(result.val), "best_score": result.best_score,
             "order": None if order is None else np.asarray(order).tolist(), "next": next_index,
-            "running": list(running), "torch_rng": torch.get_rng_state(), "numpy_rng": rng.bit_generator.state,
+            "running": list(running), "torch_rng": torch.get_rng_state(), "numpy_rng": self.rng.bit_generator.state,
         }
+        folder = self.out / "last"
         tmp = folder / (STATE_FILE + ".tmp")
         torch.save(resumable, tmp)
         tmp.replace(folder / STATE_FILE)
 
-    every = None if cfg.save_every_minutes is None else 60.0 * cfg.save_every_minutes
-    last_save = time.monotonic()
-    while result.steps < total and not result.stopped:
-        if pending is not None:
-            order, first, running = pending
-            pending = None
-        else:
-            order, first, running = rng.permutation(len(train_set)), 0, []
-        next_index = None  # where this epoch stopped, when it stopped early
-        for i in range(first, len(order), cfg.batch_size):
-            elapsed = time.monotonic() - t0
-            if budget is not None and elapsed >= budget and result.steps > 0:
-                result.stopped = f"time budget of {cfg.max_minutes} min reached"
-                next_index = i
-                break
-            if result.steps >= total:
-                next_index = i
-                break
-            late = (budget is not None and elapsed >= cfg.lr_drop_at * budget) or \
-                result.steps >= cfg.lr_drop_at * total
-            if late and not dropped:
-                for g in optimizer.param_groups:
-                    g["lr"] = cfg.lr * 0.1
-                dropped = True
-                log.info("step %d: learning rate -> %g", result.steps, cfg.lr * 0.1)
-            batch = [t.to(device) for t in train_set.batch(order[i:i + cfg.batch_size], rng)]
-            step = clip_step if cfg.sampler == "clip" else train_step
-            loss = step(model, optimizer, *batch, text, cfg.clip_value)
-            result.losses.append(loss)
-            running.append(loss)
-            result.steps += 1
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(running[-20:]):.4f}", lr=optimizer.param_groups[0]["lr"])
-            if every is not None and time.monotonic() - last_save >= every and i + cfg.batch_size < len(order):
-                save(out / "last", {"training_progress": {"steps": result.steps,
-                                                          "epochs": round(epoch + len(running) / steps_per_epoch, 3)}})
-                save_state(out / "last", order, i + cfg.batch_size, running, result.epoch_losses)
-                last_save = time.monotonic()
-                log.info("step %d: saved %s", result.steps, out / "last")
-        if not running:
-            break
-        if budget is not None and time.monotonic() - t0 >= budget and not result.stopped:
-            result.stopped = f"time budget of {cfg.max_minutes} min reached"
-        epoch += 1
-        result.epochs = epoch if len(running) == steps_per_epoch else epoch - 1 + len(running) / steps_per_epoch
-        result.epoch_losses.append(float(np.mean(running)))
-        extra = {"training_progress": {"steps": result.steps, "epochs": round(result.epochs, 3),
-                                       "last_epoch_loss": result.epoch_losses[-1]}}
-        finished = result.steps >= total or bool(result.stopped)
-        if val_clips and (epoch % cfg.val_every == 0 or finished):
-            summary = validate(model, bank, val_clips, cfg.size, device, options)
-            result.val.append(summary)
-            score = _score(summary)
-            log.info("epoch %d: loss %.4f; validation J&F %s (frames with gas: %s), false alarms %s",
-                     epoch, result.epoch_losses[-1], *_percentages(summary))
-            extra["validation"] = summary
-            if result.best_score is None or score > result.best_score:
-                result.best_score = score
-                save(out / "best", extra)
-        else:
-            log.info("epoch %d: loss %.4f", epoch, result.epoch_losses[-1])
-        save(out / "last", extra)
-        if next_index is not None and next_index < len(order):  # stopped inside the epoch: resume inside it
-            epoch -= 1
-            save_state(out / "last", order, next_index, running, result.epoch_losses[:-1])
-            epoch += 1
-        else:
-            save_state(out / "last", None, None, [], result.epoch_losses)
-        last_save = time.monotonic()
-    if bar is not None:
-        bar.close()
-    result.seconds = time.monotonic() - t0
-    result.stopped = result.stopped or "all steps done"
-    (out / "train_log.json").write_text(json.dumps(asdict(result), indent=1) + "\n")
-    return result
+    def finish(self) -> TrainResult:
+        """Close the bar and write OUT/train_log.json."""
+        if self.bar is not None:
+            self.bar.close()
+        self.result.seconds = time.monotonic() - self.t0
+        self.result.stopped = self.result.stopped or "all steps done"
+        (self.out / "train_log.json").write_text(json.dumps(asdict(self.result), indent=1) + "\n")
+        return self.result

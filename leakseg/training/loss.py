@@ -1,9 +1,11 @@
-"""The published losses (REFERENCE.md, "Training, as published").
+"""The published losses (docs/MODELS.md, "Training").
 
-JVLGS: weighted BCE + weighted IoU on the fused logits. FGSTP (its train.py): the same structure loss
-on the fused logits and on all four decoder maps (S_g, S_5, S_4, S_3) of both neighbours, nine terms
-summed; its BCE term is the plain mean BCE, because the research code passes ``reduce='none'``, which
-PyTorch's legacy argument handling reads as reduction="mean" (the weights then cancel out).
+Every family trains with the structure loss (weighted BCE + weighted IoU); its spec
+(leakseg.model.family) says on what and with which BCE. JVLGS: on the fused logits, weighted BCE.
+FGSTP (its train.py): on the fused logits and on all four decoder maps (S_g, S_5, S_4, S_3) of both
+neighbours, nine terms summed, with the plain mean BCE, because the research code passes
+``reduce='none'``, which PyTorch's legacy argument handling reads as reduction="mean" (the weights then
+cancel out).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+
+from leakseg.model import get_family
 
 
 def structure_loss(logits: torch.Tensor, mask: torch.Tensor, weighted_bce: bool = True) -> torch.Tensor:
@@ -33,12 +37,7 @@ def structure_loss(logits: torch.Tensor, mask: torch.Tensor, weighted_bce: bool 
 def published_loss(family: str, logits: torch.Tensor, maps1: Sequence[torch.Tensor], maps2: Sequence[torch.Tensor],
                    mask: torch.Tensor) -> torch.Tensor:
     """The family's published training loss from the fused logits and the two neighbours' decoder maps."""
-    if family == "fgstp":
-        return sum((structure_loss(m, mask, weighted_bce=False) for m in (*maps1, *maps2)),
-                   structure_loss(logits, mask, weighted_bce=False))
-    return structure_loss(logits, mask)
-
-
-#: Share of the epochs after which the learning rate drops x0.1, as each family's train script does:
-#: JVLGS the last ~20 %; FGSTP epochs 45-60 of 60 (``adjust_lr(decay_epoch=45)``: 44 of 60 at full rate).
-LR_DROP_AT = {"jvlgs": 0.8, "fgstp": 44 / 60}
+    spec = get_family(family)
+    supervised = (*maps1, *maps2) if spec.loss_on_decoder_maps else ()
+    return sum((structure_loss(m, mask, spec.weighted_bce) for m in supervised),
+               structure_loss(logits, mask, spec.weighted_bce))

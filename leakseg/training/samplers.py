@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from leakseg.inference.preprocess import preprocess_frame
-from leakseg.io.frames import read_image, to_uint8_clip
+from leakseg.io.frames import read_image_file, to_uint8_clip
 from leakseg.model import batch_neighbours, triplet_neighbours
 from leakseg.training.augment import AugmentConfig, apply_frame, apply_mask
 from leakseg.training.dataset import list_scenes, read_mask, scene_frames
@@ -55,7 +55,7 @@ def load_clips(root: Union[str, Path], few_shot: Optional[int] = None) -> List[C
         if len(pairs) < 3:
             log.warning("skipping %s: %d frames (a triplet needs 3)", scene.name, len(pairs))
             continue
-        frames = to_uint8_clip([read_image(img) for img, _ in pairs])
+        frames = to_uint8_clip([read_image_file(img) for img, _ in pairs])
         labelled = few_shot_indices([i for i, (_, m) in enumerate(pairs) if m is not None], few_shot)
         clips.append(Clip(scene.name, frames, {i: read_mask(pairs[i][1]) for i in labelled}))
     if not clips:

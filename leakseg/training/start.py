@@ -1,6 +1,7 @@
 """Where training starts: an authors' checkpoint (JVLGS or FGSTP), a native leakseg checkpoint, or scratch.
 
-An FGSTP model has no text path: its prompt bank is empty and nothing below applies to it.
+A family that takes no prompts (FGSTP) has no text path: its prompt bank is empty and nothing below
+applies to it.
 
 The text path is never trained. The text matrix E (D x P) is a constant:
 
@@ -20,7 +21,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from leakseg.model import DEFAULT_PROMPTS, FAMILIES, TripletNetwork, build_model
+from leakseg.model import DEFAULT_FAMILY, DEFAULT_PROMPTS, TripletNetwork, build_model, get_family
 from leakseg.model.prompts import PromptBank
 
 SCRATCH_BANK_SEED = 20240531
@@ -48,34 +49,53 @@ def load_start(init: Optional[Union[str, Path]], backbone: str = "pvt_v2_b0", ar
                ) -> Tuple[TripletNetwork, PromptBank, dict]:
     """(model, prompt bank, provenance) from an authors' .pth, a native folder, or scratch (init None).
 
-    ``arch`` (jvlgs or fgstp) picks the family for scratch training (default jvlgs); with ``init`` the
-    checkpoint's family is used and ``arch``, when given, must match it."""
-    from leakseg.model.checkpoint import import_authors_checkpoint, is_native_checkpoint, load_native
+    ``arch`` (a registered family's name) picks the family for scratch training (default jvlgs); with
+    ``init`` the checkpoint's family is used and ``arch``, when given, must match it."""
+    from leakseg.model.checkpoint import is_native_checkpoint
 
-    if arch is not None and arch not in FAMILIES:
-        raise ValueError(f"unknown --arch {arch!r}; choose one of {list(FAMILIES)}")
+    if arch is not None:
+        get_family(arch, kind="--arch")  # a name leakseg does not know fails here, naming the known ones
     if init is None:
-        model = build_model(backbone, arch or "jvlgs")
-        if model.family == "fgstp":
-            return model, PromptBank.empty(), {"start": f"scratch (FGSTP {backbone}, random init, no pretrained weights)"}
-        bank = scratch_prompt_bank(model.config.prompts, model.config.text_dim)
-        return model, bank, {"start": f"scratch ({backbone}, random init, no pretrained weights)",
-                             "prompt_bank_note": SCRATCH_BANK_NOTE.format(seed=SCRATCH_BANK_SEED)}
+        return _scratch_start(backbone, arch or DEFAULT_FAMILY)
     if is_native_checkpoint(init):
-        model, bank = load_native(init)
-        _check_arch(model, arch, init)
-        raw = json.loads((Path(init) / "config.json").read_text())
-        info = {"start": f"native checkpoint {Path(init).name}"}
-        if "prompt_bank_note" in raw:
-            info["prompt_bank_note"] = raw["prompt_bank_note"]
-        return model, bank, info
+        return _native_start(init, arch)
+    return _authors_start(init, arch)
+
+
+def _scratch_start(backbone: str, family_name: str) -> Tuple[TripletNetwork, PromptBank, dict]:
+    model = build_model(backbone, family_name)
+    family = get_family(family_name)
+    if not family.takes_prompts:
+        return model, PromptBank.empty(), {
+            "start": f"scratch ({family.title} {backbone}, random init, no pretrained weights)"}
+    bank = scratch_prompt_bank(model.config.prompts, model.config.text_dim)
+    return model, bank, {"start": f"scratch ({backbone}, random init, no pretrained weights)",
+                         "prompt_bank_note": SCRATCH_BANK_NOTE.format(seed=SCRATCH_BANK_SEED)}
+
+
+def _native_start(init: Union[str, Path], arch: Optional[str]) -> Tuple[TripletNetwork, PromptBank, dict]:
+    from leakseg.model.checkpoint import load_native
+
+    model, bank = load_native(init)
+    _check_arch(model, arch, init)
+    raw = json.loads((Path(init) / "config.json").read_text())
+    info = {"start": f"native checkpoint {Path(init).name}"}
+    if "prompt_bank_note" in raw:
+        info["prompt_bank_note"] = raw["prompt_bank_note"]
+    return model, bank, info
+
+
+def _authors_start(init: Union[str, Path], arch: Optional[str]) -> Tuple[TripletNetwork, PromptBank, dict]:
+    """An authors' .pth; a family that takes prompts embeds them with the checkpoint's own text model."""
+    from leakseg.model.checkpoint import import_authors_checkpoint
     from leakseg.model.text import build_prompt_bank, build_text_model
     from leakseg.model.tokenizer import load_tokenizer
 
     model, text_sd = import_authors_checkpoint(init)
     _check_arch(model, arch, init)
-    if model.family == "fgstp":
-        return model, PromptBank.empty(), {"start": f"authors' FGSTP checkpoint {Path(init).name}"}
+    family = get_family(model.family)
+    if not family.takes_prompts:
+        return model, PromptBank.empty(), {"start": f"authors' {family.title} checkpoint {Path(init).name}"}
     if not text_sd:
         raise ValueError(f"{init} has no text model (nlpmodel.*) to embed the prompts with")
     text_model = build_text_model(model.config.text_model, text_sd).eval()

@@ -13,7 +13,7 @@ from typing import List, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from leakseg.io.frames import load_clip, to_uint8_clip
+from leakseg.io.frames import clip_array_from, to_uint8_clip
 from leakseg.schema import ClipResult
 
 RGB = Tuple[int, int, int]
@@ -36,10 +36,10 @@ def render_overlays(
     """One RGB image per frame: the frame, its mask tinted ``color`` at ``alpha``, the mask's
     outline in ``outline_color``, and (``label``) the frame index and leak area in a corner.
 
-    ``frames`` is anything :meth:`LeakSegClient.segment` accepts (see :func:`leakseg.io.frames.load_clip`);
+    ``frames`` is anything :meth:`LeakSegClient.segment` accepts (see :func:`leakseg.io.frames.clip_array_from`);
     ``result`` must carry masks.
     """
-    clip = load_clip(frames)
+    clip = clip_array_from(frames)
     masks = result.masks()
     if clip.shape[0] != masks.shape[0] or clip.shape[1:3] != masks.shape[1:]:
         raise ValueError(f"frames {clip.shape} do not match the result's masks {masks.shape}")

@@ -14,12 +14,15 @@ import functools
 import io
 import json
 import struct
+import threading
+import time
 import zipfile
 import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import psutil
 from PIL import Image
 
 #: An error body larger than this is a finding: TorchServe closes the connection after a 4xx,
@@ -105,11 +108,9 @@ def clip_wire(data: bytes) -> Wire:
 
 def png_lying_header(width: int, height: int) -> bytes:
     """A PNG whose IHDR announces width x height (valid CRC) with a tiny compressed payload."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     idat = zlib.compress(b"\0" * 1024)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
 
 
 def npy_lying_header(shape: Tuple[int, ...], dtype: str = "<u1", payload: int = 64) -> bytes:
@@ -146,6 +147,92 @@ def npz_bomb(frames: int = 32, side: int = 2048) -> bytes:
     return buf.getvalue()
 
 
+def png_rgb16(array: np.ndarray) -> bytes:
+    """A valid 16-bit-per-channel RGB PNG (48-bit) of an H x W x 3 uint16 array (Pillow cannot write one)."""
+    height, width, _ = array.shape
+    rows = b"".join(b"\0" + array[y].astype(">u2").tobytes() for y in range(height))
+    ihdr = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(rows)) \
+        + _png_chunk(b"IEND", b"")
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def tiff_rgb16(array: np.ndarray) -> bytes:
+    """A valid uncompressed little-endian TIFF of an H x W x 3 uint16 array (48-bit RGB)."""
+    height, width, _ = array.shape
+    pixels = array.astype("<u2").tobytes()
+    entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 3, None), (259, 3, 1, 1), (262, 3, 1, 2),
+               (273, 4, 1, None), (277, 3, 1, 3), (278, 4, 1, height), (279, 4, 1, len(pixels)), (284, 3, 1, 1)]
+    ifd_size = 2 + 12 * len(entries) + 4
+    bits_at = 8 + ifd_size
+    pixels_at = bits_at + 6
+    values = {258: bits_at, 273: pixels_at}
+    ifd = struct.pack("<H", len(entries)) + b"".join(
+        struct.pack("<HHI", tag, kind, count) + struct.pack("<I" if kind == 4 or tag == 258 else "<HH",
+                                                              *([values.get(tag, value)] if kind == 4 or tag == 258
+                                                                else [value, 0]))
+        for tag, kind, count, value in entries) + struct.pack("<I", 0)
+    return b"II*\0" + struct.pack("<I", 8) + ifd + struct.pack("<3H", 16, 16, 16) + pixels
+
+
+def eps(postscript: bytes) -> bytes:
+    """An EPS file (8 x 8 points) running ``postscript``: Pillow hands EPS to Ghostscript."""
+    return b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n" + postscript + b"\nshowpage\n"
+
+
+def eps_writing(path: str) -> bytes:
+    """An EPS whose PostScript writes a file at ``path`` (Ghostscript's -dSAFER allows it under the temp folder)."""
+    return eps(b"(" + path.encode() + b") (w) file dup (written by a request) writestring closefile")
+
+
+def dds_unknown_pixel_format() -> bytes:
+    """A DDS header (4 x 4) whose pixel format FourCC is unknown: Pillow raises NotImplementedError."""
+    header = struct.pack("<7I", 124, 0x1007, 4, 4, 0, 0, 0) + b"\0" * 44
+    pixel_format = struct.pack("<2I", 32, 0x4) + b"ZZZZ" + b"\0" * 20
+    return b"DDS " + header + pixel_format + b"\0" * 20 + b"\0" * 64
+
+
+def npz_patched(data: bytes, flag_bits: Optional[int] = None, method: Optional[int] = None) -> bytes:
+    """A one-member zip with its general-purpose flags or compression method rewritten in both headers
+    (bit 0: encrypted, bit 5: patched data; method 9: deflate64, 99: AES)."""
+    out = bytearray(data)
+    for start, at in ((0, 6), (data.rfind(b"PK\x01\x02"), 8)):  # local header, central directory entry
+        if flag_bits is not None:
+            out[start + at:start + at + 2] = struct.pack("<H", flag_bits)
+        if method is not None:
+            out[start + at + 2:start + at + 4] = struct.pack("<H", method)
+    return bytes(out)
+
+
+def npz_corrupt_deflate(data: bytes) -> bytes:
+    """A deflated one-member zip whose compressed stream is overwritten in its middle."""
+    out = bytearray(data)
+    name_length, extra_length = struct.unpack_from("<HH", data, 26)
+    start = 30 + name_length + extra_length
+    out[start + 2:start + 40] = b"\xff" * 38
+    return bytes(out)
+
+
+def npz_directory_bomb(entries: int = 500_000, honest_count: bool = True) -> bytes:
+    """A zip whose central directory lists ``entries`` members (46 + 10 bytes each: 28 MB for 500,000), with a
+    zip64 end record announcing them, or (``honest_count`` False) a plain end record claiming one entry."""
+    local = b"PK\x03\x04" + struct.pack("<5H3L2H", 20, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    names = (f"{i:06d}.npy".encode() for i in range(entries))
+    directory = b"".join(b"PK\x01\x02" + struct.pack("<4B4HL2L5H2L", 20, 3, 20, 0, 0, 0, 0, 0, 0, 0, 0,
+                                                      len(name), 0, 0, 0, 0, 0, 0) + name for name in names)
+    at = len(local)
+    if not honest_count:
+        return local + directory + struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 1, 1, len(directory), at, 0)
+    record_at = at + len(directory)
+    zip64 = struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, entries, entries, len(directory), at)
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, record_at, 1)
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+    return local + directory + zip64 + locator + end
+
+
 class _Evil:
     def __reduce__(self):
         return (print, ("pickled code ran",))
@@ -160,6 +247,36 @@ def pickled_npy() -> bytes:
 
 def deep_json(levels: int = 50_000) -> bytes:
     return b"[" * levels + b"]" * levels
+
+
+# --- what a request costs ------------------------------------------------------------------------
+
+
+class PeakRSS:
+    """Samples a process's RSS on a thread until stopped; ``peak`` in bytes (a TorchServe worker's, while it
+    handles one request: tests/test_hardening.py and benchmarks/request_memory.py)."""
+
+    def __init__(self, pid: int, interval: float = 0.002):
+        self.process, self.interval = psutil.Process(pid), interval
+        self.peak = self.process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> "PeakRSS":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.peak = max(self.peak, self.process.memory_info().rss)
+            except psutil.NoSuchProcess:  # the worker died under the request: the answer says so
+                return
+            time.sleep(self.interval)
 
 
 # --- the catalogue -----------------------------------------------------------------------------
@@ -264,19 +381,17 @@ def catalogue(model: str = "") -> List[BadCase]:
     add("size_mismatch", 400, "frame_size_mismatch",
         lambda f: good_multipart([f[0], f[1][:-1], f[2]]))
     add("png_truncated", 400, "frame_decode_error",
-        lambda f: multipart([(b"frame_0", b"f.png", b"image/png", png(f[0])[:40])] + frame_parts(f)[1:]))
+        lambda f: _first_frame(f, png(f[0])[:40]))
     add("png_empty", 400, "frame_decode_error",
-        lambda f: multipart([(b"frame_0", b"f.png", b"image/png", b"")] + frame_parts(f)[1:]))
+        lambda f: _first_frame(f, b""))
     add("png_garbage", 400, "frame_decode_error",
-        lambda f: multipart([(b"frame_0", b"f.png", b"image/png", bytes(range(256)) * 40)] + frame_parts(f)[1:]))
+        lambda f: _first_frame(f, bytes(range(256)) * 40))
     add("png_header_100k_x_100k", 413, "frame_too_large",
-        lambda f: multipart([(b"frame_0", b"f.png", b"image/png", png_lying_header(100_000, 100_000))]
-                            + frame_parts(f)[1:]))
+        lambda f: _first_frame(f, png_lying_header(100_000, 100_000)))
     add("png_header_2049_x_2048", 413, "frame_too_large",
-        lambda f: multipart([(b"frame_0", b"f.png", b"image/png", png_lying_header(2049, 2048))]
-                            + frame_parts(f)[1:]))
+        lambda f: _first_frame(f, png_lying_header(2049, 2048)))
     add("png_header_lies_small", 400, "frame_decode_error",  # announces 64x64, holds 1 KiB of zeros
-        lambda f: multipart([(b"frame_0", b"f.png", b"image/png", png_lying_header(64, 64))] + frame_parts(f)[1:]))
+        lambda f: _first_frame(f, png_lying_header(64, 64)))
     add("frame_part_as_json", 400, "frame_decode_error",
         lambda f: multipart([(b"frame_0", b"f.json", b"application/json", b"[1, 2, 3]")] + frame_parts(f)[1:]))
     # -- .npy / .npz clips
@@ -311,6 +426,27 @@ def catalogue(model: str = "") -> List[BadCase]:
     add("npz_bomb_float32_rgb_32x2048", 413, "too_many_frames", lambda f: clip_wire(npz_bomb()), slow=True)
     add("npz_bomb_uint8_32x2048", 400, "frame_decode_error",  # within budget, but the member lies about its size
         lambda f: clip_wire(npz({"clip.npy": npy_lying_header((32, 2048, 2048), payload=1 << 20)})))
+    # -- decoders a frame must never reach, and decoder failures, which are the sender's (issue 19)
+    add("eps_postscript_error", 400, "frame_decode_error", lambda f: _first_frame(f, eps(b"undefinedcommand")))
+    add("dds_unknown_pixel_format", 400, "frame_decode_error", lambda f: _first_frame(f, dds_unknown_pixel_format()))
+    add("png_rgb16_radiometric", 400, "frame_decode_error",  # Pillow keeps the high byte: 7000..7300 -> flat
+        lambda f: multipart(_image_parts([png_rgb16(radiometric_rgb(x)) for x in f])))
+    add("tiff_rgb16_radiometric", 400, "frame_decode_error",
+        lambda f: multipart(_image_parts([tiff_rgb16(radiometric_rgb(x)) for x in f])))
+    for zip_case, flag_bits, method in [("encrypted", 0x1, None), ("patched_data", 0x20, None),
+                                        ("method_99", None, 99), ("deflate64", None, 9)]:
+        add(f"npz_{zip_case}", 400, "frame_decode_error",
+            lambda f, b=flag_bits, m=method: clip_wire(npz_patched(npz({"clip.npy": npy(np.stack(f))}), b, m)))
+    add("npz_corrupt_deflate", 400, "frame_decode_error",
+        lambda f: clip_wire(npz_corrupt_deflate(npz({"clip.npy": npy(np.stack(f))}))))
+    add("npz_directory_500k_entries", 400, "frame_decode_error", lambda f: clip_wire(npz_directory_bomb()), slow=True)
+    add("npz_directory_count_lies", 400, "frame_decode_error",
+        lambda f: clip_wire(npz_directory_bomb(honest_count=False)), slow=True)
+    # -- counted before decoding: frames before base64, option keys before validation
+    add("json_frames_beyond_count", 413, "too_many_frames",
+        lambda f: json_wire(json.dumps({"frames": ["!!!not base64!!!"] * 5000}).encode()))
+    add("options_200k_keys", 400, "invalid_options",
+        lambda f: good_json(f, options={f"option_{i}": i for i in range(200_000)}))
     # -- models, paths and methods: TorchServe's own answers
     add("unknown_model", 404, None, lambda f: Wire(path="/predictions/no_such_model", **_good(f)))
     add("model_path_traversal", 404, None, lambda f: Wire(path="/predictions/..%2F..%2Fetc%2Fpasswd", **_good(f)))
@@ -323,6 +459,21 @@ def catalogue(model: str = "") -> List[BadCase]:
     add("method_get", 415, "unsupported_content_type", lambda f: Wire(method="GET"))
     add("method_put_bad_body", 400, "invalid_body", lambda f: Wire("PUT", None, json_wire(b"{").headers, b"{"))
     return cases
+
+
+def radiometric_rgb(frame: np.ndarray) -> np.ndarray:
+    """An 8-bit grey frame as 16-bit RGB radiometric values, 7000 + 1 per grey level (7000..7255)."""
+    return np.repeat((frame.astype(np.uint16) + 7000)[..., None], 3, axis=2)
+
+
+def _image_parts(files: Sequence[bytes]) -> List[tuple]:
+    return [(f"frame_{i:04d}".encode(), f"f{i}".encode(), b"application/octet-stream", data)
+            for i, data in enumerate(files)]
+
+
+def _first_frame(frames, data: bytes) -> Wire:
+    """A good multipart clip whose first frame is ``data``."""
+    return multipart([(b"frame_0", b"f.png", b"image/png", data)] + frame_parts(frames)[1:])
 
 
 def _half(data: bytes) -> bytes:

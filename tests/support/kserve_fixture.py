@@ -16,6 +16,7 @@ working folder and TMPDIR, and is stopped by its process group at the end.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import site
 import subprocess
@@ -39,7 +40,7 @@ KSERVE_REQUIREMENT = "kserve>=0.20,<0.22"
 
 def _has_kserve(python: str) -> bool:
     try:
-        return subprocess.run([python, "-c", "import kserve, leakseg.serving.kserve"], capture_output=True,
+        return subprocess.run([python, "-c", "import kserve, leakseg.serving.kserve_runtime"], capture_output=True,
                               timeout=120).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
@@ -157,22 +158,37 @@ def listening_addresses(pid: int) -> List[tuple]:
 
 @dataclass
 class KServeRuntime:
-    """A running `leakseg kserve`."""
+    """A running `leakseg kserve`; ``key`` is the API key it requires (None: it was started without one)."""
 
     process: Process
     url: str
     model: str
+    key: Optional[str] = None
+    key_file: Optional[Path] = None
+
+    @property
+    def auth(self) -> Dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"} if self.key else {}
 
 
-def start_kserve_runtime(archive: Path, workdir: Path, model: str, extra: Optional[List[str]] = None) -> KServeRuntime:
+def start_kserve_runtime(archive: Path, workdir: Path, model: str, extra: Optional[List[str]] = None,
+                         api_key: bool = True) -> KServeRuntime:
+    """`leakseg kserve` on a free loopback port; with ``api_key`` (as the image runs it) a fresh key in a key file."""
     python = kserve_python()
     (port,) = free_ports(1)
+    key, key_file, key_args = None, None, []
+    if api_key:
+        workdir.mkdir(parents=True, exist_ok=True)
+        key, key_file = secrets.token_urlsafe(24), workdir / "api-key"
+        key_file.write_text(key + "\n")
+        key_file.chmod(0o600)
+        key_args = ["--api-key-file", str(key_file)]
     argv = [python, "-m", "leakseg.cli", "kserve", "--archive", str(archive), "--host", "127.0.0.1",
-            "--http-port", str(port), "--device", "cpu", "--threads", "2", *(extra or [])]
+            "--http-port", str(port), "--device", "cpu", "--threads", "2", *key_args, *(extra or [])]
     process = spawn(argv, workdir, name="kserve")
     url = f"http://127.0.0.1:{port}"
     wait_for(f"{url}/v2/health/ready", process)
-    return KServeRuntime(process, url, model)
+    return KServeRuntime(process, url, model, key, key_file)
 
 
 @dataclass

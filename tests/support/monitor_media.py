@@ -20,7 +20,7 @@ PLUME_AMPLITUDE = -60.0
 
 
 def scene(n: int, seed: int = BACKGROUND_SEED) -> np.ndarray:
-    from leakseg.training.synth import generate_clip
+    from leakseg.synth import generate_clip
 
     frames, masks, _ = generate_clip(seed, frames=n, height=H, width=W, leak="none")
     assert not masks.any()
@@ -46,7 +46,7 @@ def leak_and_twin(seed: int, n: int = 40) -> Tuple[np.ndarray, np.ndarray, np.nd
     """A calm generator-v3 scene (every distractor off) in which a real plume leaks, then stops and clears
     (leak mode "burst"), its leak-free twin (the same scene, camera and noise, no gas) and the gas labels:
     (leak frames, twin frames, masks, meta)."""
-    from leakseg.training.synth import CALM_EFFECTS, generate_clip
+    from leakseg.synth import CALM_EFFECTS, generate_clip
 
     calm = dict(frames=n, height=H, width=W, version=3, effects=CALM_EFFECTS)
     frames, masks, meta = generate_clip(seed, leak="burst", **calm)

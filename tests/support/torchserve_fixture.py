@@ -25,7 +25,7 @@ from typing import Dict
 
 import pytest
 
-from leakseg.serving import server as serve
+from leakseg.serving import torchserve_process as serve
 from support.loopback import free_ports
 
 BATCH_SIZE = 4

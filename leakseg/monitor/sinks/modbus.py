@@ -33,7 +33,7 @@ from typing import Any, Dict, List
 
 from leakseg.monitor.alarm import State
 from leakseg.monitor.config import ModbusSink
-from leakseg.monitor.sinks.base import Sink
+from leakseg.monitor.sinks.base import Sink, bounded
 
 log = logging.getLogger("leakseg.monitor.modbus")
 
@@ -136,5 +136,5 @@ class ModbusServer(Sink):
         if self._beat is not None:
             self._beat.cancel()
         if self.server is not None:
-            await self.server.shutdown()
+            await bounded(self.server.shutdown(), "stopping the Modbus server", seconds=2.0)
             self.server = None

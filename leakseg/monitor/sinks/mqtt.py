@@ -1,4 +1,4 @@
-"""MQTT (paho-mqtt): retained JSON state per camera, alarm events, acknowledgements, last will.
+"""MQTT (paho-mqtt): retained JSON state per camera, alarm events, acknowledgements, last will, sink health.
 
 Topics (PREFIX is ``topic_prefix``, default ``leakseg``), all QoS ``qos`` (default 1):
 
@@ -9,25 +9,36 @@ Topics (PREFIX is ``topic_prefix``, default ``leakseg``), all QoS ``qos`` (defau
 * ``PREFIX/CAMERA/event``    JSON events: alarm_raised, alarm_updated, alarm_cleared,
   alarm_acknowledged, state_changed (not retained);
 * ``PREFIX/CAMERA/ack``      subscribed: publish ``{"alarm_id": "...", "by": "name", "comment": "..."}``
-  (or an empty payload: every unacknowledged alarm of the camera) to acknowledge.
+  (``"alarm_id": "all"``: every unacknowledged alarm of the camera) to acknowledge. Retained acks are
+  ignored (the broker would replay them at every reconnect, acknowledging alarms nobody saw);
+* ``PREFIX/sink_health``     retained JSON: every sink's delivery counters (events queued and dropped ...).
 
-TLS (``tls``: ca_certs, certfile, keyfile) and credentials (``username``, ``password_env``) are
-configurable. Messages published while the broker is unreachable are queued by paho, at most
-1000 (the JSON lines log keeps everything).
+While the broker is unreachable nothing is handed to paho: states are not queued (the last one per camera is
+republished once the link is back), events wait in a queue of ``event_queue`` (the oldest are dropped beyond
+it, counted in ``sink_health``; the JSON lines log keeps everything). TLS (``tls``: ca_certs, certfile,
+keyfile) and credentials (``username``, ``password_env``) are configurable.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import ssl
-from typing import Any, Dict
+from collections import deque
+from typing import Any, Deque, Dict, Optional, Tuple
 
 from leakseg.monitor.config import MqttSink
-from leakseg.monitor.sinks.base import Sink
+from leakseg.monitor.sinks.base import (MAX_BY, MAX_COMMENT, Sink, ack_target, ack_text, bounded, bounded_call,
+                                        sink_health)
 
 log = logging.getLogger("leakseg.monitor.mqtt")
+
+#: Messages paho itself may hold (sent but not yet confirmed, e.g. while a dead link is not noticed yet).
+PAHO_QUEUE = 100
+#: An acknowledgement is a small JSON object; anything larger is refused unread.
+MAX_ACK_BYTES = 4096
 
 
 class MqttPublisher(Sink):
@@ -38,18 +49,30 @@ class MqttPublisher(Sink):
         self.prefix = config.topic_prefix.rstrip("/")
         self.client = None
         self.monitor = None
+        self.events: Deque[Tuple[str, str]] = deque()  # (topic, payload) not yet handed to paho, oldest first
+        self.states: Dict[str, str] = {}  # camera -> its latest state payload
+        self.unsent_states: set = set()  # cameras whose latest state the broker does not have yet
+        self.events_dropped = 0
+        self.acks_refused = 0
+        self._relink = False  # set by paho's thread on (re)connection; the loop then resends the states
+        self._health_sent: Optional[str] = None
 
     def topic(self, *levels: str) -> str:
         return "/".join((self.prefix, *levels))
 
     async def start(self, monitor) -> None:
+        self.monitor = monitor
+        self.client = self._client()
+        self.client.connect_async(self.config.host, self.config.port, keepalive=self.config.keepalive)
+        self.client.loop_start()
+
+    def _client(self):
         import paho.mqtt.client as mqtt
 
         c = self.config
-        self.monitor = monitor
         client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=c.client_id,
                              clean_session=True)
-        client.max_queued_messages_set(1000)
+        client.max_queued_messages_set(PAHO_QUEUE)
         client.reconnect_delay_set(1, 30)
         if c.username:
             client.username_pw_set(c.username, os.environ.get(c.password_env) if c.password_env else None)
@@ -63,11 +86,10 @@ class MqttPublisher(Sink):
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
-        self.client = client
-        client.connect_async(c.host, c.port, keepalive=c.keepalive)
-        client.loop_start()
+        return client
 
-    # paho thread
+    # -- paho's thread ---------------------------------------------------------------------------
+
     def _on_connect(self, client, userdata, flags, reason_code, properties=None) -> None:
         if reason_code.is_failure:
             log.warning("MQTT broker %s:%d refused the connection: %s", self.config.host, self.config.port, reason_code)
@@ -75,55 +97,133 @@ class MqttPublisher(Sink):
         log.info("MQTT connected to %s:%d", self.config.host, self.config.port)
         client.publish(self.topic("status"), "online", qos=self.config.qos, retain=True)
         client.subscribe(self.topic("+", "ack"), qos=self.config.qos)
+        self._relink = True
+        self._wake_loop()
+
+    def _wake_loop(self) -> None:
+        """Send what waited for the link on the loop, now (the heartbeat would do it within status_interval)."""
+        call = getattr(self.monitor, "call", None)
+        if call is not None:
+            call(self._send_pending)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties=None) -> None:
         if reason_code != 0:
             log.warning("MQTT link to %s:%d lost (%s); paho reconnects", self.config.host, self.config.port, reason_code)
 
     def _on_message(self, client, userdata, message) -> None:
-        parts = message.topic.split("/")
-        camera = parts[-2] if len(parts) >= 2 else ""
-        try:
-            body = json.loads(message.payload.decode("utf-8")) if message.payload.strip() else {}
-            if not isinstance(body, dict):
-                raise ValueError("expected a JSON object")
-        except ValueError as exc:
-            log.warning("MQTT ack on %s ignored: %s", message.topic, exc)
+        camera = message.topic.split("/")[-2] if message.topic.count("/") >= 1 else ""
+        if message.retain:
+            self._refuse_ack(message.topic, "retained acks are ignored (publish acks with retain=0)")
             return
-        alarm_id, by, comment = body.get("alarm_id"), str(body.get("by") or "mqtt"), str(body.get("comment") or "")
+        try:
+            alarm_id, by, comment = self._ack_fields(message.payload)
+        except ValueError as exc:
+            self._refuse_ack(message.topic, str(exc))
+            return
         self.monitor.call(self._ack, camera, alarm_id, by, comment)
 
-    def _ack(self, camera: str, alarm_id, by: str, comment: str) -> None:
+    @staticmethod
+    def _ack_fields(payload: bytes) -> Tuple[Optional[str], str, str]:
+        """(alarm id or None for "all", by, comment) from an ack payload; ValueError when it is not a valid ack."""
+        if len(payload) > MAX_ACK_BYTES:
+            raise ValueError(f"larger than {MAX_ACK_BYTES} bytes")
+        try:
+            body = json.loads(payload.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise ValueError("not a JSON object") from None
+        if not isinstance(body, dict):
+            raise ValueError("not a JSON object")
+        return (ack_target(body.get("alarm_id")), ack_text(body.get("by"), "by", MAX_BY, default="mqtt") or "mqtt",
+                ack_text(body.get("comment"), "comment", MAX_COMMENT))
+
+    def _refuse_ack(self, topic: str, why: str) -> None:
+        self.acks_refused += 1
+        log.warning("MQTT ack on %s refused: %s", topic, why)
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def _ack(self, camera: str, alarm_id: Optional[str], by: str, comment: str) -> None:
         try:
             self.monitor.acknowledge(camera, alarm_id, by=f"mqtt:{by}", comment=comment)
         except KeyError as exc:
             log.warning("MQTT ack ignored: %s", exc.args[0])
 
-    # loop
-    def _publish(self, topic: str, payload: Dict[str, Any], retain: bool) -> None:
-        if self.client is not None:
-            self.client.publish(topic, json.dumps(payload, default=str, separators=(",", ":")),
-                                qos=self.config.qos, retain=retain)
+    def _encode(self, payload: Dict[str, Any]) -> str:
+        return json.dumps(payload, default=str, separators=(",", ":"))
+
+    def _hand_to_paho(self, topic: str, payload: str, retain: bool) -> bool:
+        """False when paho's own queue is full (the message stays with us)."""
+        import paho.mqtt.client as mqtt
+
+        info = self.client.publish(topic, payload, qos=self.config.qos, retain=retain)
+        return info.rc != mqtt.MQTT_ERR_QUEUE_SIZE
+
+    def _linked(self) -> bool:
+        return self.client is not None and self.client.is_connected()
+
+    def _send_pending(self) -> None:
+        """Hand paho what waited: after a (re)connection every camera's latest state first, then the events."""
+        if not self._linked():
+            return
+        if self._relink:
+            self._relink = False
+            self.unsent_states.update(self.states)
+            self._publish_health(force=True)
+        for camera in list(self.unsent_states):
+            if not self._hand_to_paho(self.topic(camera, "state"), self.states[camera], retain=True):
+                return
+            self.unsent_states.discard(camera)
+        while self.events and self._hand_to_paho(*self.events[0], retain=False):
+            self.events.popleft()
 
     async def publish_event(self, event) -> None:
-        self._publish(self.topic(event.camera, "event"), event.to_dict(), retain=False)
+        if len(self.events) >= self.config.event_queue:
+            self.events.popleft()  # the oldest goes: the newest events say what is happening now
+            self.events_dropped += 1
+            if self.events_dropped == 1 or self.events_dropped % 1000 == 0:
+                log.warning("MQTT event queue full (%d): %d event(s) dropped so far (the JSON lines log has them)",
+                            self.config.event_queue, self.events_dropped)
+        self.events.append((self.topic(event.camera, "event"), self._encode(event.to_dict())))
+        self._send_pending()
 
     async def publish_state(self, snapshot: Dict[str, Any]) -> None:
-        self._publish(self.topic(snapshot["camera"], "state"), snapshot, retain=True)
+        # Retained: only the latest matters, so a state is never queued while the link is down.
+        self.states[snapshot["camera"]] = self._encode(snapshot)
+        self.unsent_states.add(snapshot["camera"])
+        self._send_pending()
+
+    async def heartbeat(self, snapshots) -> None:
+        self._send_pending()
+        if self._linked():
+            self._publish_health()
+
+    def health(self) -> Dict[str, Any]:
+        return {"connected": self._linked(), "events_queued": len(self.events), "events_dropped": self.events_dropped,
+                "acks_refused": self.acks_refused}
+
+    def _publish_health(self, force: bool = False) -> None:
+        """Retained PREFIX/sink_health, when a counter changed (connected/queued change with every outage)."""
+        payload = self._encode(sink_health(getattr(self.monitor, "sinks", [self])))
+        if force or payload != self._health_sent:
+            self._hand_to_paho(self.topic("sink_health"), payload, retain=True)
+            self._health_sent = payload
 
     async def stop(self) -> None:
-        import asyncio
-
         if self.client is None:
             return
         # The cameras' OFFLINE state was published just before; then the monitor goes offline.
-        for snap in [c.snapshot() for c in self.monitor.cameras.values()]:
-            self._publish(self.topic(snap["camera"], "state"), snap, retain=True)
+        for camera in self.monitor.cameras.values():
+            await self.publish_state(camera.snapshot())
+        self._publish_health()
         info = self.client.publish(self.topic("status"), "offline", qos=self.config.qos, retain=True)
-        for _ in range(50):  # up to 5 s for the broker to take the last messages
-            if info.is_published() or not self.client.is_connected():
-                break
-            await asyncio.sleep(0.1)
+        await bounded(self._delivered(info), "MQTT's last publications", seconds=2.0)
+        if self.events:
+            log.warning("MQTT: %d event(s) not delivered at stop (the JSON lines log has them)", len(self.events))
         self.client.disconnect()
-        self.client.loop_stop()
+        await bounded_call(self.client.loop_stop, "stopping paho's thread", seconds=1.0)
         self.client = None
+
+    async def _delivered(self, info) -> None:
+        """Until the broker took the message (nothing to wait for when paho could not even send it)."""
+        while info.rc == 0 and self.client.is_connected() and not info.is_published():
+            await asyncio.sleep(0.05)

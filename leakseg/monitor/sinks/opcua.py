@@ -5,6 +5,7 @@ Address space (namespace ``namespace``, default ``urn:leakseg:monitor``)::
     Objects/
       LeakSeg/
         Status            String   "online" / "offline"
+        SinkHealth        String   JSON: every sink's delivery counters (MQTT events dropped ...)
         <camera>/                           (one object per camera; an event notifier)
           State             String   NORMAL | LEAK | CAMERA_FAULT | SERVICE_FAULT | OFFLINE
           StateCode         Int32    0 | 1 | 2 | 3 | 4
@@ -21,7 +22,7 @@ Address space (namespace ``namespace``, default ``urn:leakseg:monitor``)::
           FaultReason       String
           AlarmId           String   active LEAK alarm ("" when none)
           AlarmAcknowledged Boolean
-          Acknowledge(AlarmId: String, Comment: String) -> Int32   (alarms acknowledged; "" = all)
+          Acknowledge(AlarmId: String, Comment: String) -> Int32   (alarms acknowledged; "all" = all)
 
 Every variable is read-only for every client. Events are of type ``LeakSegAlarmType`` (a
 subtype of AlarmConditionType) emitted by the camera object, with the standard fields
@@ -31,7 +32,8 @@ AreaPixels, AreaFraction, CentroidX, CentroidY, Evidence.
 
 Security: ``security_policies`` (None, Basic256Sha256_Sign, Basic256Sha256_SignAndEncrypt; the
 last two need ``certificate`` and ``private_key``), ``users`` (username/password, passwords from
-environment variables), ``allow_anonymous`` (anonymous sessions browse, read and subscribe;
+environment variables; an empty password never logs in, and a user whose variable is set but empty stops
+the server's start), ``allow_anonymous`` (anonymous sessions browse, read and subscribe;
 they call Acknowledge only with ``anonymous_can_acknowledge``). Nobody writes.
 """
 
@@ -40,12 +42,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hmac
+import json
 import logging
 import os
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 from leakseg.monitor.config import OpcUaSink
-from leakseg.monitor.sinks.base import Sink
+from leakseg.monitor.sinks.base import MAX_COMMENT, Sink, ack_target, ack_text, bounded, sink_health
 
 log = logging.getLogger("leakseg.monitor.opcua")
 
@@ -106,6 +109,7 @@ class OpcUaServer(Sink):
         self.objects: Dict[str, Any] = {}
         self.generators: Dict[str, Any] = {}
         self.status = None
+        self.sink_health = None
         self._vt = {}
         # One event generator per camera holds the fields of the next event: set them and trigger under
         # a lock, or a burst of events (raised + cleared in one window) would send the last one's fields twice.
@@ -113,9 +117,34 @@ class OpcUaServer(Sink):
         self._state_lock = asyncio.Lock()
 
     async def start(self, monitor) -> None:
-        from asyncua import Server, ua
+        from asyncua import ua
 
         self.monitor = monitor
+        c = self.config
+        empty = empty_passwords(c)
+        if empty:
+            raise ValueError(f"the password of OPC UA user(s) {', '.join(empty)} is empty (set its variable)")
+        server = await self._configured_server()
+        idx = await server.register_namespace(c.namespace)
+        vt = {name: getattr(ua.VariantType, name) for name in ("String", "Int32", "Int64", "Double", "Boolean", "DateTime")}
+        self._vt = vt
+        etype = await server.create_custom_event_type(
+            idx, "LeakSegAlarmType", ua.ObjectIds.AlarmConditionType,
+            [(name, vt[kind]) for name, kind in EVENT_FIELDS])
+        root = await server.nodes.objects.add_object(idx, "LeakSeg")
+        self.status = await root.add_variable(idx, "Status", "online", varianttype=vt["String"])
+        self.sink_health = await root.add_variable(idx, "SinkHealth", "{}", varianttype=vt["String"])
+        for name in monitor.cameras:
+            await self._add_camera(server, root, idx, etype, name)
+        await server.start()
+        self.server = server
+        log.info("OPC UA server on %s (policies %s, anonymous %s)", c.endpoint, ",".join(c.security_policies),
+                 "read-only" if c.allow_anonymous else "off")
+
+    async def _configured_server(self):
+        """The endpoint, its security policies, who may log in and the certificate, from the configuration."""
+        from asyncua import Server, ua
+
         c = self.config
         server = Server(user_manager=_Users(c))
         await server.init()
@@ -132,29 +161,23 @@ class OpcUaServer(Sink):
         if c.certificate and c.private_key:
             await server.load_certificate(str(c.certificate))
             await server.load_private_key(str(c.private_key))
-        idx = await server.register_namespace(c.namespace)
-        vt = {name: getattr(ua.VariantType, name) for name in ("String", "Int32", "Int64", "Double", "Boolean", "DateTime")}
-        self._vt = vt
-        etype = await server.create_custom_event_type(
-            idx, "LeakSegAlarmType", ua.ObjectIds.AlarmConditionType,
-            [(name, vt[kind]) for name, kind in EVENT_FIELDS])
-        root = await server.nodes.objects.add_object(idx, "LeakSeg")
-        self.status = await root.add_variable(idx, "Status", "online", varianttype=vt["String"])
-        for name in monitor.cameras:
-            obj = await root.add_object(idx, name)
-            await obj.write_attribute(ua.AttributeIds.EventNotifier, ua.DataValue(ua.Variant(1, ua.VariantType.Byte)))
-            nodes = {}
-            for var, (kind, initial) in VARIABLES.items():
-                nodes[var] = await obj.add_variable(idx, var, initial, varianttype=vt[kind])
-            await obj.add_method(idx, "Acknowledge", self._acknowledge_method(name),
-                                 [vt["String"], vt["String"]], [vt["Int32"]])
-            self.nodes[name] = nodes
-            self.objects[name] = obj
-            self.generators[name] = await server.get_event_generator(etype, obj)
-        await server.start()
-        self.server = server
-        log.info("OPC UA server on %s (policies %s, anonymous %s)", c.endpoint, ",".join(c.security_policies),
-                 "read-only" if c.allow_anonymous else "off")
+        return server
+
+    async def _add_camera(self, server, root, idx: int, etype, name: str) -> None:
+        """The camera's object: its variables, its Acknowledge method and its alarm events."""
+        from asyncua import ua
+
+        vt = self._vt
+        obj = await root.add_object(idx, name)
+        await obj.write_attribute(ua.AttributeIds.EventNotifier, ua.DataValue(ua.Variant(1, ua.VariantType.Byte)))
+        nodes = {}
+        for var, (kind, initial) in VARIABLES.items():
+            nodes[var] = await obj.add_variable(idx, var, initial, varianttype=vt[kind])
+        await obj.add_method(idx, "Acknowledge", self._acknowledge_method(name),
+                             [vt["String"], vt["String"]], [vt["Int32"]])
+        self.nodes[name] = nodes
+        self.objects[name] = obj
+        self.generators[name] = await server.get_event_generator(etype, obj)
 
     def _acknowledge_method(self, camera: str):
         from asyncua import ua
@@ -163,8 +186,10 @@ class OpcUaServer(Sink):
             alarm = alarm_id.Value if hasattr(alarm_id, "Value") else alarm_id
             text = comment.Value if hasattr(comment, "Value") else comment
             try:
-                count = self.monitor.acknowledge(camera, alarm or None, by="opcua", comment=text or "")
-            except KeyError as exc:
+                alarm = ack_target(alarm)  # an alarm id or "all", as over MQTT: an empty id never means all
+                text = ack_text(text, "Comment", MAX_COMMENT)
+                count = self.monitor.acknowledge(camera, alarm, by="opcua", comment=text)
+            except (KeyError, ValueError) as exc:
                 raise ua.UaStatusCodeError(ua.StatusCodes.BadInvalidArgument) from exc
             return [ua.Variant(count, ua.VariantType.Int32)]
 
@@ -217,14 +242,26 @@ class OpcUaServer(Sink):
         ev.Evidence = alarm.evidence or ""
         await gen.trigger(message=event.message)
 
+    async def heartbeat(self, snapshots) -> None:
+        if self.server is not None:
+            await self.sink_health.write_value(json.dumps(sink_health(self.monitor.sinks), separators=(",", ":")))
+
     async def stop(self) -> None:
         if self.server is None:
             return
+        await bounded(self._publish_offline(), "OPC UA's last values", seconds=1.0)
+        await bounded(self.server.stop(), "stopping the OPC UA server", seconds=2.0)
+        self.server = None
+
+    async def _publish_offline(self) -> None:
         for camera in self.monitor.cameras.values():
             await self.publish_state(camera.snapshot())
         await self.status.write_value("offline")
-        await self.server.stop()
-        self.server = None
+
+
+def empty_passwords(config: OpcUaSink) -> List[str]:
+    """The users whose password variable is set but empty (a login with an empty password would pass)."""
+    return [user.name for user in config.users if os.environ.get(user.password_env) == ""]
 
 
 class _Users:
@@ -240,7 +277,7 @@ class _Users:
             return User(role=UserRole.Anonymous) if self.config.allow_anonymous else None
         for user in self.config.users:
             expected = os.environ.get(user.password_env)
-            if (username == user.name and expected is not None and password is not None
+            if (username == user.name and expected and password  # an empty password is no password
                     and hmac.compare_digest(str(password).encode(), expected.encode())):
                 return User(role=UserRole.User, name=username)
         return None

@@ -9,6 +9,11 @@ foreground, in a new process group, with a private run folder as working folder,
 The run folder keeps ``serve.json`` (pid, URLs, models), the effective ``config.properties``
 and ``key_file.json``; :meth:`Server.load` reads it back for ``--stop``, ``--check``, ...
 
+Nothing the user owns is touched: a run folder must be new or empty, and leakseg marks it as its own
+with :data:`OWNER_FILE` (a random id, also recorded in ``serve.json``). A state file is only believed
+for the folder it lives in and when its id matches that folder's mark; nothing is signalled, written or
+deleted otherwise.
+
 TorchServe's /ping answers "Healthy" before any worker has loaded a model, so readiness is
 taken from the management API (``GET /models/NAME``: every worker READY).
 """
@@ -19,6 +24,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -26,7 +32,7 @@ import sys
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Union
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -40,6 +46,12 @@ DEFAULT_RUN_DIR = Path(".leakseg/serve")
 DEFAULT_LOG_DIR = Path("logs")
 STATE_FILE = "serve.json"
 KEY_FILE = "key_file.json"
+#: The mark of a run folder leakseg serve created: a random id, the same as serve.json's ``run_id``.
+OWNER_FILE = ".leakseg-serve-run"
+#: TorchServe's own defaults for the addresses a config may leave out; written into the effective config
+#: so that leakseg and TorchServe agree on them (--stop must find every TorchServe it started).
+DEFAULT_ADDRESSES = {"inference_address": "http://127.0.0.1:8080", "management_address": "http://127.0.0.1:8081",
+                     "metrics_address": "http://127.0.0.1:8082"}
 LAUNCHER = "ts.model_server"
 #: The frontend's JVM memory when a config does not set ``vmargs``: room for a batch of 4 of the largest
 #: requests (config.properties explains the figures), instead of the JVM's default of a quarter of the RAM.
@@ -48,6 +60,10 @@ FRONTEND_VMARGS = "-Xms256m -Xmx4g -XX:+AlwaysPreTouch -XX:MaxDirectMemorySize=4
 
 class ServeError(RuntimeError):
     """TorchServe did not start, is not running, or did not answer."""
+
+
+class NotStarted(ServeError):
+    """No TorchServe was started from this run folder (it has no state file)."""
 
 
 # --- configuration ----------------------------------------------------------------------------
@@ -59,21 +75,106 @@ def default_config() -> Path:
     return local if local.is_file() else REPO_CONFIG
 
 
+#: Java's .properties syntax (java.util.Properties.load), which TorchServe's frontend reads the file with.
+_PROPERTY_SPACE = " \t\f"
+_PROPERTY_ESCAPES = {"t": "\t", "n": "\n", "r": "\r", "f": "\f"}
+_CONTROL_ESCAPES = {value: "\\" + name for name, value in _PROPERTY_ESCAPES.items()}
+
+
 def read_properties(path: PathLike) -> Dict[str, str]:
-    """key=value lines of a .properties file (values kept as written, escapes included)."""
+    """A .properties file as Java reads it: ``=``, ``:`` or whitespace separators, backslash
+    continuation lines, escapes (``\\t``, ``\\uXXXX``, ...), ``#`` and ``!`` comments; Latin-1."""
+    try:
+        return parse_properties(Path(path).read_text(encoding="latin-1"))
+    except ValueError as exc:
+        raise ServeError(f"{path}: {exc}") from exc
+
+
+def parse_properties(text: str) -> Dict[str, str]:
     props = {}
-    for line in Path(path).read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith(("#", "!")) and "=" in line:
-            key, value = line.split("=", 1)
-            props[key.strip()] = value.strip()
+    for line in _logical_lines(text):
+        key, value = _split_property(line)
+        props[_unescape(key)] = _unescape(value)
     return props
+
+
+def _logical_lines(text: str) -> Iterator[str]:
+    """Lines joined where a line ends in an odd number of backslashes (the next line's leading
+    whitespace dropped); blank lines and comments dropped (only at the start of a logical line)."""
+    current: Optional[str] = None
+    for natural in re.split(r"\r\n|\r|\n", text):
+        stripped = natural.lstrip(_PROPERTY_SPACE)
+        if current is None and (not stripped or stripped[0] in "#!"):
+            continue
+        continued = (len(stripped) - len(stripped.rstrip("\\"))) % 2 == 1
+        current = (current or "") + (stripped[:-1] if continued else stripped)
+        if not continued:
+            yield current
+            current = None
+    if current:  # a continuation at the end of the file
+        yield current
+
+
+def _split_property(line: str) -> Tuple[str, str]:
+    """(key, value): the key ends at the first unescaped ``=``, ``:`` or whitespace."""
+    escaped = False
+    for end, char in enumerate(line):
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char in "=:" or char in _PROPERTY_SPACE:
+            rest = line[end:].lstrip(_PROPERTY_SPACE)
+            if rest[:1] in ("=", ":"):
+                rest = rest[1:].lstrip(_PROPERTY_SPACE)
+            return line[:end], rest
+    return line, ""
+
+
+def _unescape(text: str) -> str:
+    def one(match: "re.Match[str]") -> str:
+        code = match.group(1)
+        if code.startswith("u"):
+            if not re.fullmatch(r"u[0-9a-fA-F]{4}", code):
+                raise ValueError(f"malformed \\uxxxx escape in {text!r}")
+            return chr(int(code[1:], 16))
+        return _PROPERTY_ESCAPES.get(code, code)
+
+    # \\u takes its four hex digits (or what stands there, to be refused); a lone trailing backslash is dropped
+    chars = re.sub(r"\\(u.{0,4}|.|$)", one, text, flags=re.DOTALL)
+    # \\uXXXX are UTF-16 code units, as Java's chars are: a surrogate pair becomes one character
+    return chars.encode("utf-16-be", "surrogatepass").decode("utf-16-be", "surrogatepass")
+
+
+def _escape(text: str, specials: str) -> str:
+    """Java .properties escaping: backslash, ``specials``, control characters; non-ASCII as \\uXXXX
+    (Java reads the file as Latin-1)."""
+    out = []
+    for char in text:
+        if char == "\\" or char in specials:
+            out.append("\\" + char)
+        elif char in _CONTROL_ESCAPES:
+            out.append(_CONTROL_ESCAPES[char])
+        elif " " <= char <= "~":
+            out.append(char)
+        else:  # UTF-16 code units, as Java's chars are
+            units = char.encode("utf-16-be")
+            out.extend(f"\\u{units[i]:02x}{units[i + 1]:02x}" for i in range(0, len(units), 2))
+    return "".join(out)
+
+
+def format_property(key: str, value: str) -> str:
+    """One ``key=value`` line that Java reads back as (key, value). Only what Java needs is escaped in the
+    value: TorchServe's Python launcher reads ``vmargs`` from the same file without unescaping."""
+    value = _escape(value, "")
+    leading_space = "\\" if value.startswith(" ") else ""  # else Java would skip it as separator whitespace
+    return f"{_escape(key, ' =:#!')}={leading_space}{value}"
 
 
 def write_properties(props: Mapping[str, str], path: PathLike) -> Path:
     path = Path(path)
     lines = ["# written by leakseg serve: the effective TorchServe configuration"]
-    path.write_text("\n".join(lines + [f"{k}={v}" for k, v in props.items()]) + "\n")
+    path.write_text("\n".join(lines + [format_property(k, v) for k, v in props.items()]) + "\n", encoding="latin-1")
     return path
 
 
@@ -88,9 +189,13 @@ def effective_properties(config: PathLike, model_store: PathLike,
     metrics = Path(props.get("metrics_config") or PACKAGED_METRICS)
     metrics = metrics if metrics.is_absolute() else config.parent / metrics
     props["metrics_config"] = str(metrics if metrics.is_file() else PACKAGED_METRICS)
-    # Registration only from this model store; backslashes doubled for the .properties syntax.
-    props["allowed_urls"] = ("file://" + re.escape(str(store)) + r"/[^/]+\.mar").replace("\\", "\\\\")
+    # Registration only from this model store (write_properties escapes the regex's backslashes).
+    props["allowed_urls"] = "file://" + re.escape(str(store)) + r"/[^/]+\.mar"
     props.setdefault("vmargs", FRONTEND_VMARGS)
+    # The worker hands the handler raw bytes, which it counts before parsing (config.properties says why).
+    props.setdefault("decode_input_request", "false")
+    for key, address in DEFAULT_ADDRESSES.items():
+        props.setdefault(key, address)
     props.update(overrides or {})
     return props
 
@@ -137,6 +242,12 @@ class Server:
     management_url: str
     metrics_url: str
     process: Optional[subprocess.Popen] = field(default=None, repr=False, compare=False)
+    run_id: str = ""  # the id in the run folder's OWNER_FILE: proves the folder is this server's
+
+    # -- ownership ----------------------------------------------------------------------------
+    def owns_run_dir(self) -> bool:
+        """Is the run folder the one leakseg serve created for this server (its mark holds our id)?"""
+        return bool(self.run_id) and _owner_id(self.run_dir) == self.run_id
 
     # -- state --------------------------------------------------------------------------------
     @property
@@ -150,12 +261,26 @@ class Server:
 
     @classmethod
     def load(cls, run_dir: PathLike = DEFAULT_RUN_DIR) -> "Server":
-        path = Path(run_dir) / STATE_FILE
+        """The server whose state file is in ``run_dir``. Refused (ServeError) when the state file names
+        another folder or its id is not the folder's mark: then it was not written by leakseg serve for
+        this folder, and acting on it (signals, deletes) could hit what the user owns."""
+        folder = Path(run_dir).resolve()
+        path = folder / STATE_FILE
         if not path.is_file():
-            raise ServeError(f"no TorchServe started by leakseg serve here ({path} not found)")
-        state = json.loads(path.read_text())
-        state.update(run_dir=Path(state["run_dir"]), log_dir=Path(state["log_dir"]))
-        return cls(**state)
+            raise NotStarted(f"no TorchServe started by leakseg serve here ({path} not found)")
+        try:
+            state = json.loads(path.read_text())
+            state.update(run_dir=Path(state["run_dir"]), log_dir=Path(state["log_dir"]))
+            server = cls(**state)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ServeError(f"{path} is not a state file of leakseg serve ({exc}); it is left as it is") from exc
+        if server.run_dir.resolve() != folder:
+            raise ServeError(f"{path} names another run folder ({server.run_dir}); a state file only ever "
+                             "describes its own folder, so it is refused and nothing is stopped or deleted")
+        if not server.owns_run_dir():
+            raise ServeError(f"{path} was not written by leakseg serve for this folder (its run_id does not match "
+                             f"{folder / OWNER_FILE}); nothing is stopped or deleted")
+        return server
 
     @property
     def model_names(self) -> List[str]:
@@ -259,10 +384,13 @@ class Server:
         return response.json()
 
     def stop(self, timeout: float = 60.0) -> None:
-        """SIGTERM to the process group (launcher, java, workers), SIGKILL after ``timeout``.
-
-        Only a group that still holds TorchServe processes is signalled (pids get reused).
+        """SIGTERM to the process group (launcher, java, workers), SIGKILL after ``timeout``; then the
+        state, key file and tmp/ go. Only in a run folder this server owns (ServeError otherwise), and
+        only a group that still holds TorchServe processes is signalled (pids get reused).
         """
+        if not self.owns_run_dir():
+            raise ServeError(f"{self.run_dir} is not the run folder leakseg serve created for this server "
+                             f"(no matching {OWNER_FILE}); nothing is stopped or deleted")
         if self.is_running():
             _signal_group(self.pid, signal.SIGTERM)
             deadline = time.monotonic() + timeout
@@ -293,13 +421,13 @@ def start(model_store: PathLike = "model_store", models: Optional[Sequence[str]]
     if not config.is_file():
         raise ServeError(f"TorchServe config {config} not found; pass --config (the repository has one)")
     props = effective_properties(config, store, overrides)
+    # Everything that can fail on the config fails before the launch: a TorchServe running without a
+    # state file would be an orphan that --stop cannot find.
+    urls = {f"{kind}_url": _client_url(props[f"{kind}_address"]) for kind in ("inference", "management", "metrics")}
+    run_id = claim_run_dir(run_dir)
     process = _launch(props, store, specs, run_dir, log_dir, inherit_output)
-    server = Server(
-        pid=process.pid, run_dir=run_dir, log_dir=log_dir, models=specs, process=process,
-        inference_url=_client_url(props["inference_address"]),
-        management_url=_client_url(props["management_address"]),
-        metrics_url=_client_url(props["metrics_address"]),
-    )
+    server = Server(pid=process.pid, run_dir=run_dir, log_dir=log_dir, models=specs, process=process,
+                    run_id=run_id, **urls)
     log.info("TorchServe starting (pid %d), logs in %s", process.pid, log_dir)
     try:
         server.save()
@@ -338,10 +466,40 @@ def _environment(run_dir: Path, log_dir: Path) -> Dict[str, str]:
     return env
 
 
+def claim_run_dir(run_dir: Path) -> str:
+    """The run folder's id: the one in its mark when leakseg serve created it, else (a new or empty
+    folder) a new mark. Any other folder is the user's: ServeError, and nothing is written into it
+    (TorchServe's config, key file and tmp/ would overwrite its files, and --stop deletes them)."""
+    run_id = _owner_id(run_dir)
+    if run_id:
+        return run_id
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise ServeError(f"run folder {run_dir} was not created by leakseg serve (no {OWNER_FILE} in it) and is not "
+                         "empty; leakseg serve writes and later deletes files in its run folder, so it only takes a "
+                         "new or empty one: pass another --run-dir (a folder from an older leakseg: remove it)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run_id = secrets.token_hex(16)
+    with open(run_dir / OWNER_FILE, "x") as mark:  # "x": never over a file that appeared meanwhile
+        mark.write(run_id + "\n")
+    return run_id
+
+
+def _owner_id(run_dir: Path) -> Optional[str]:
+    """The id in the run folder's mark; None when there is no valid mark (a link is no mark)."""
+    mark = run_dir / OWNER_FILE
+    try:
+        if mark.is_symlink() or not mark.is_file():
+            return None
+        run_id = mark.read_text().strip()
+    except OSError:
+        return None
+    return run_id if re.fullmatch(r"[0-9a-f]{32}", run_id) else None
+
+
 def _refuse_if_running(run_dir: Path) -> None:
     try:
         server = Server.load(run_dir)
-    except ServeError:
+    except NotStarted:
         return
     if server.is_running():
         raise ServeError(f"TorchServe is already running from {run_dir} (pid {server.pid}); "

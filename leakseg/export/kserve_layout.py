@@ -39,7 +39,8 @@ import zipfile
 from pathlib import Path
 from typing import Dict, Optional, Union
 
-from leakseg.serving.server import FRONTEND_VMARGS
+from leakseg.io.frames import MAX_REQUEST_BYTES
+from leakseg.serving.torchserve_process import FRONTEND_VMARGS
 
 #: Where KServe's storage initializer puts storageUri, and the paths its runtime passes.
 MOUNT = "/mnt/models"
@@ -62,7 +63,7 @@ def archive_info(mar: Union[str, Path]) -> Dict[str, str]:
 
 
 def config_properties(name: str, version: str, mar_name: str, *, workers: int = 1, response_timeout_s: int = 120,
-                      max_request_size: int = 822083584, job_queue_size: int = 32) -> str:
+                      max_request_size: int = MAX_REQUEST_BYTES, job_queue_size: int = 32) -> str:
     """TorchServe's config.properties for KServe's TorchServe runtime (see the module docstring)."""
     snapshot = {"name": "startup.cfg", "modelCount": 1, "models": {name: {version: {
         "defaultVersion": True, "marName": mar_name, "minWorkers": workers, "maxWorkers": workers,
@@ -72,7 +73,7 @@ def config_properties(name: str, version: str, mar_name: str, *, workers: int = 
         f"# KServe mounts this layout at {MOUNT} and runs: torchserve --start --model-store={MOUNT}/{STORE_REL} "
         f"--ts-config={MOUNT}/{CONFIG_REL}",
         "# The KServe wrapper in the same container listens on :8080 and forwards to the inference address below.",
-        "# See leakseg/export/kserve.py and docs/DEPLOY.md for why each setting differs from `leakseg serve`.",
+        "# See leakseg/export/kserve_layout.py and docs/DEPLOY.md for why each setting differs from `leakseg serve`.",
         f"inference_address={TORCHSERVE_INFERENCE}",
         f"management_address={TORCHSERVE_MANAGEMENT}",
         f"metrics_address={TORCHSERVE_METRICS}",

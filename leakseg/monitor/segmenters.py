@@ -1,0 +1,138 @@
+"""The model behind the monitor: the leakseg service through the client SDK, or a .mar in process."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from leakseg.monitor.config import CameraConfig
+from leakseg.monitor.windows import Window
+from leakseg.schema import ClipResult, RLEMask
+from leakseg.utils.rle import decode_rle, string_to_counts
+
+log = logging.getLogger("leakseg.monitor")
+
+
+class Segmenter:
+    """``segment(frames, prompts, options) -> ClipResult``, blocking, thread-safe."""
+
+    name = "segmenter"
+
+    def segment(self, clip: np.ndarray, prompts: Optional[List[str]], options: Dict[str, Any]) -> ClipResult:
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def close(self) -> None:
+        pass
+
+
+class ServiceSegmenter(Segmenter):
+    """Through the leakseg HTTP service with the client SDK (retries: connection errors and 503 once)."""
+
+    def __init__(self, url: str, model: str, key_file: Optional[str], token_env: str, timeout: float,
+                 pool_size: int):
+        from leakseg.client import LeakSegClient
+
+        self.client = LeakSegClient(url, token=os.environ.get(token_env) or None, model=model, timeout=timeout,
+                                    retries=1, key_file=key_file, pool_size=pool_size, backoff=0.2, max_backoff=1.0)
+        self.name = f"service {self.client.url}"
+
+    def segment(self, clip, prompts, options):
+        return self.client.segment(clip, prompts, options=options)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class ArchiveSegmenter(Segmenter):
+    """In process, from a .mar archive (``--archive``): no TorchServe needed."""
+
+    def __init__(self, archive: str, device: str = "cpu"):
+        from leakseg.inference import Predictor
+
+        self.predictor = Predictor.from_archive(archive, device=device)
+        self.lock = threading.Lock()
+        self.name = f"archive {archive}"
+
+    def segment(self, clip, prompts, options):
+        with self.lock:
+            return self.predictor.predict(list(clip), prompts, options)
+
+
+class InvalidAnswer(ValueError):
+    """The service answered 200 with something that does not fit the clip sent (a typed refusal)."""
+
+
+@dataclass
+class Answer:
+    """A service answer checked against the window sent, and its masks (T x H x W bool), decoded once."""
+
+    result: ClipResult
+    masks: np.ndarray
+
+
+def segment_window(segmenter: Segmenter, camera: CameraConfig, window: Window) -> Tuple[Optional[Answer], Optional[str]]:
+    """In a pool thread: (Answer, None) or (None, reason); every failure (and every answer that does not fit
+    what was sent) is the service's fault."""
+    from leakseg.client.errors import LeakSegError
+
+    try:
+        clip = np.stack([f.pixels for f in window.frames])
+        result = segmenter.segment(clip, camera.prompts, dict(camera.options))
+        return Answer(result, checked_masks(result, clip.shape[0], clip.shape[1:3])), None
+    except InvalidAnswer as exc:
+        return None, f"invalid answer: {exc}"
+    except LeakSegError as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - in-process errors (InputError, runtime) are service faults too
+        log.debug("segment failed", exc_info=True)
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def checked_masks(result: ClipResult, frames: int, size: Tuple[int, int]) -> np.ndarray:
+    """The answer's masks, after checking it against the clip sent: ``frames`` frames of ``size`` (H, W).
+
+    Everything is checked before anything is allocated, so a proxy's short answer, another model's size
+    or an RLE that does not decode is an :class:`InvalidAnswer`, never an IndexError or a huge array."""
+    height, width = size
+    if len(result.frames) != frames or result.clip.frames != frames:
+        raise InvalidAnswer(f"{len(result.frames)} frame results (clip.frames {result.clip.frames}) "
+                            f"for {frames} frames sent")
+    if (result.clip.height, result.clip.width) != (height, width):
+        raise InvalidAnswer(f"clip size {result.clip.width}x{result.clip.height}, the frames sent are {width}x{height}")
+    masks = np.zeros((frames, height, width), dtype=bool)
+    for i, frame in enumerate(result.frames):
+        masks[i] = _frame_mask(frame.mask, i, height, width)
+    return masks
+
+
+def _frame_mask(mask: Optional[RLEMask], index: int, height: int, width: int) -> np.ndarray:
+    if mask is None:
+        raise InvalidAnswer(f"frame {index} has no mask (the monitor asks for masks)")
+    if list(mask.size) != [height, width]:
+        raise InvalidAnswer(f"frame {index}: mask size {mask.size}, the frames sent are [{height}, {width}]")
+    counts = _rle_counts(mask.counts, height * width, index)
+    return decode_rle({"size": [height, width], "counts": counts})
+
+
+def _rle_counts(text: str, pixels: int, index: int) -> np.ndarray:
+    """The run lengths of a COCO counts string that covers exactly ``pixels`` pixels."""
+    # Each character is at most one run, and a run needs at most 7 characters (35 bits, > any frame):
+    # longer strings or groups cannot describe a frame, and are refused before they are decoded.
+    if len(text) > pixels + 1 or not _RLE_TEXT.fullmatch(text):
+        raise InvalidAnswer(f"frame {index}: the mask's RLE counts are not a COCO counts string of a "
+                            f"{pixels}-pixel frame")
+    counts = string_to_counts(text)
+    if (counts < 0).any() or (counts > pixels).any() or int(counts.sum()) != pixels:
+        raise InvalidAnswer(f"frame {index}: the mask's RLE runs cover {int(counts.sum())} pixels "
+                            f"(or are negative), the frame has {pixels}")
+    return counts
+
+
+#: Groups of 5-bit digits ('0'..'o', bit 0x20 = more follow): 0-6 continued characters, then a last one.
+_RLE_TEXT = re.compile(r"(?:[P-o]{0,6}[0-O])*")
