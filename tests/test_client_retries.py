@@ -1,7 +1,7 @@
 """The client's retry policy for faults (issue 15): what is safe to retry is retried, with backoff and a
 total time limit, and logged; a 4xx never is. Against real loopback HTTP servers (tests/fake_service.py
 and raw sockets); the same policy through a real TorchServe whose worker is killed is in
-tests/test_hardening.py.
+tests/test_service_faults.py.
 """
 
 from __future__ import annotations

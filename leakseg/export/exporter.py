@@ -38,13 +38,14 @@ class ExportOptions:
     #: The graph check's tolerance: largest logit difference / the logits' scale (None: the default).
     tolerance: Optional[float] = None
 
-    def postprocess_defaults(self, family: str = "jvlgs") -> ClipOptions:
+    def postprocess_defaults(self, family: Optional[str] = None) -> ClipOptions:
         """The archive's defaults: the command line's, over the checkpoint's recommendation, over
-        the family's published post-processing (FGSTP's test script does not open the masks)."""
-        from leakseg.model import get_family
+        the family's published post-processing (FGSTP's test script does not open the masks);
+        ``family`` None: the default family's (to check the options before the checkpoint is read)."""
+        from leakseg.model import DEFAULT_FAMILY, get_family
         from leakseg.model.checkpoint import native_postprocess_defaults
 
-        published = get_family(family).published_postprocess
+        published = get_family(family or DEFAULT_FAMILY).published_postprocess
         return ClipOptions(**{**published, **native_postprocess_defaults(self.checkpoint), **self.postprocess})
 
 

@@ -12,7 +12,7 @@ frontend's ``InferenceRequestHandler.parseRequest`` and ``ts/protocol/otf_messag
   - any other body: one entry ``"body"``, decoded by the request's mime type the same way
     (``application/json`` -> the parsed JSON, or the raw bytes when it is malformed);
   - query-string parameters never arrive: the frontend drops the query string of a request with
-    a body (tested through a real TorchServe in tests/test_hardening.py), so they are ignored;
+    a body (tested through a real TorchServe in tests/test_service_faults.py), so they are ignored;
   - with ``decode_input_request=false`` (config.properties, as leakseg ships it) TorchServe leaves
     every value as raw bytes: JSON is parsed here, after its structure is counted
     (:func:`_check_json_structure`), never by the worker before the handler runs. With TorchServe's

@@ -1,6 +1,6 @@
 """A catalogue of malformed requests, as an attacker or a careless integrator would send them.
 
-Shared by tests/test_hardening.py (each case through a real TorchServe) and benchmarks/soak.py
+Shared by tests/test_service_faults.py (each case through a real TorchServe) and benchmarks/soak.py
 (bad requests mixed into the soak). Every case is built as the exact bytes on the wire (method,
 path, headers, body), so nothing in between "fixes" it, and carries what the service must
 answer: the HTTP status, and the handler's error code (None for TorchServe's own answers, e.g.
@@ -254,7 +254,7 @@ def deep_json(levels: int = 50_000) -> bytes:
 
 class PeakRSS:
     """Samples a process's RSS on a thread until stopped; ``peak`` in bytes (a TorchServe worker's, while it
-    handles one request: tests/test_hardening.py and benchmarks/request_memory.py)."""
+    handles one request: tests/test_service_faults.py and benchmarks/request_memory.py)."""
 
     def __init__(self, pid: int, interval: float = 0.002):
         self.process, self.interval = psutil.Process(pid), interval
