@@ -6,7 +6,7 @@
 
 For each scene seed: a calm generator-v3 scene (leakseg.synth.CALM_EFFECTS, 240 x 320) in which a
 plume leaks, stops and clears (leak mode "burst"), and its leak-free twin (the same scene and camera, no gas):
-tests/monitor_media.py's leak_and_twin, the videos of the monitor's default-model test. The archive
+tests/support/monitor_media.py's leak_and_twin, the videos of the monitor's default-model test. The archive
 segments both once (absolute probabilities, opening 9, the logits thresholded at each --thresholds value);
 then the monitor's own alarm logic (leakseg.monitor.alarm) runs over the per-frame areas for every rule
 (min_area_pixels, k of n, clear_frames). A leak video is *right* when it gives exactly one LEAK alarm, raised

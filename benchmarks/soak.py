@@ -6,7 +6,7 @@ ARCHIVE, then for --minutes keeps --concurrency clients busy. Each request is, a
 * a good clip (multipart PNG, JSON base64 or a uint16 .npy; 3 to 6 frames), whose answer must
   equal the in-process ``Predictor.predict`` of the same frames, computed before the server
   starts (masks, facts, everything but timings and request id);
-* with probability --bad-share, one of the malformed requests of tests/bad_requests.py (deep
+* with probability --bad-share, one of the malformed requests of tests/support/bad_requests.py (deep
   JSON, 1 MB prompts, pickled .npy, lying headers, ...; the slow ones left out), whose answer
   must be its expected 4xx and error code, with a small body.
 

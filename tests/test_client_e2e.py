@@ -1,4 +1,4 @@
-"""The thin client and `leakseg segment` end to end, against a REAL TorchServe (tests/serving.py).
+"""The thin client and `leakseg segment` end to end, against a REAL TorchServe (tests/support/torchserve_fixture.py).
 
 Every result is compared with the in-process :class:`leakseg.inference.predictor.Predictor` on the same
 frames: whatever the input kind or request form, the client must deliver the frames unchanged

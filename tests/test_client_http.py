@@ -1,4 +1,4 @@
-"""LeakSegClient against :class:`fake_service.FakeService`, a real HTTP server on 127.0.0.1: retry policy,
+"""LeakSegClient against :class:`support.fake_service.FakeService`, a real HTTP server on 127.0.0.1: retry policy,
 timeouts, auth refresh, ready(), segment_many order, the JSON form on the wire, and the `leakseg segment`
 command. No mocks of requests.
 """

@@ -1,5 +1,5 @@
 """The client's retry policy for faults (issue 15): what is safe to retry is retried, with backoff and a
-total time limit, and logged; a 4xx never is. Against real loopback HTTP servers (tests/fake_service.py
+total time limit, and logged; a 4xx never is. Against real loopback HTTP servers (tests/support/fake_service.py
 and raw sockets); the same policy through a real TorchServe whose worker is killed is in
 tests/test_service_faults.py.
 """

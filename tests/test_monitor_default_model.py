@@ -6,7 +6,7 @@ test_monitor_e2e.py checks the monitor's bookkeeping against an oracle with a ra
 the claim a plant cares about: one leak, one alarm, raised while the gas is there and cleared after it has gone;
 no gas, no alarm; gas inside the ignore zone, no alarm.
 
-The scenes are generator-v3 scenes with the distractors off (tests/monitor_media.py: leak_and_twin): the default
+The scenes are generator-v3 scenes with the distractors off (tests/support/monitor_media.py: leak_and_twin): the default
 model is weak on the full v3 mix (docs/DEFAULT_MODEL.md) but finds most plumes in calm scenes. The camera
 settings are the ones docs/SCADA.md gives for it ("The default model in the monitor": absolute probabilities,
 so a leak-free frame can come back empty), chosen with benchmarks/monitor_rule_sweep.py on scene seeds 0-11.

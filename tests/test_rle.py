@@ -86,6 +86,24 @@ def test_decode_rejects_counts_of_the_wrong_size():
         decode_rle({"size": [4, 5], "counts": rle["counts"]})
 
 
+@pytest.mark.parametrize("counts", [
+    "é",            # not ASCII
+    "3[",           # a continued group that never ends
+    "PPPPPPP0",     # a group of 8 characters: a run longer than any frame
+    "9" * 200,      # more runs than pixels
+    "", "0",        # runs that cover too few pixels
+])
+def test_decode_refuses_counts_that_do_not_describe_the_mask(counts):
+    """Whatever a peer sends as counts, decoding gives the mask or a ValueError, never another exception."""
+    with pytest.raises(ValueError):
+        decode_rle({"size": [8, 12], "counts": counts})
+
+
+def test_decode_refuses_negative_runs():
+    with pytest.raises(ValueError):
+        decode_rle({"size": [2, 2], "counts": [6, -2]})
+
+
 def test_encode_rejects_non_2d():
     with pytest.raises(ValueError):
         encode_rle(np.zeros((2, 3, 4), bool))

@@ -1,4 +1,4 @@
-"""End to end through a real TorchServe on loopback (tests/serving.py) serving the tiny exported model.
+"""End to end through a real TorchServe on loopback (tests/support/torchserve_fixture.py) serving the tiny exported model.
 
 Results are compared with the in-process Predictor (and `leakseg predict`) on the same frames:
 the service must add transport, batching and errors, and change nothing else.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
@@ -14,7 +13,7 @@ import numpy as np
 from leakseg.monitor.config import CameraConfig
 from leakseg.monitor.windows import Window
 from leakseg.schema import ClipResult, RLEMask
-from leakseg.utils.rle import decode_rle, string_to_counts
+from leakseg.utils.rle import decode_rle
 
 log = logging.getLogger("leakseg.monitor")
 
@@ -116,23 +115,7 @@ def _frame_mask(mask: Optional[RLEMask], index: int, height: int, width: int) ->
         raise InvalidAnswer(f"frame {index} has no mask (the monitor asks for masks)")
     if list(mask.size) != [height, width]:
         raise InvalidAnswer(f"frame {index}: mask size {mask.size}, the frames sent are [{height}, {width}]")
-    counts = _rle_counts(mask.counts, height * width, index)
-    return decode_rle({"size": [height, width], "counts": counts})
-
-
-def _rle_counts(text: str, pixels: int, index: int) -> np.ndarray:
-    """The run lengths of a COCO counts string that covers exactly ``pixels`` pixels."""
-    # Each character is at most one run, and a run needs at most 7 characters (35 bits, > any frame):
-    # longer strings or groups cannot describe a frame, and are refused before they are decoded.
-    if len(text) > pixels + 1 or not _RLE_TEXT.fullmatch(text):
-        raise InvalidAnswer(f"frame {index}: the mask's RLE counts are not a COCO counts string of a "
-                            f"{pixels}-pixel frame")
-    counts = string_to_counts(text)
-    if (counts < 0).any() or (counts > pixels).any() or int(counts.sum()) != pixels:
-        raise InvalidAnswer(f"frame {index}: the mask's RLE runs cover {int(counts.sum())} pixels "
-                            f"(or are negative), the frame has {pixels}")
-    return counts
-
-
-#: Groups of 5-bit digits ('0'..'o', bit 0x20 = more follow): 0-6 continued characters, then a last one.
-_RLE_TEXT = re.compile(r"(?:[P-o]{0,6}[0-O])*")
+    try:
+        return decode_rle({"size": [height, width], "counts": mask.counts})  # the counts checked first
+    except ValueError as exc:
+        raise InvalidAnswer(f"frame {index}: the mask's RLE does not decode to the frame: {exc}") from exc

@@ -8,6 +8,7 @@ marking "more groups follow" and bit 0x10 of the last group carrying the sign.
 
 from __future__ import annotations
 
+import re
 from typing import Dict, List, Union
 
 import numpy as np
@@ -76,15 +77,37 @@ def encode_rle(mask: np.ndarray) -> Dict[str, object]:
     return {"size": [int(h), int(w)], "counts": counts_to_string(mask_to_counts(mask))}
 
 
+def checked_counts(text: str, pixels: int) -> np.ndarray:
+    """The run lengths of a COCO counts string, checked to describe exactly ``pixels`` pixels.
+
+    A ValueError for anything else, before it is decoded: a string from a proxy, another model version
+    or a broken peer must never become an IndexError, a negative run or a huge array."""
+    # Each character is at most one run, and a run needs at most 7 characters (35 bits, > any frame):
+    # longer strings or groups cannot describe a frame.
+    if not isinstance(text, str) or len(text) > pixels + 1 or not _COUNTS_TEXT.fullmatch(text):
+        raise ValueError(f"not a COCO counts string of a {pixels}-pixel mask")
+    counts = string_to_counts(text)
+    if (counts < 0).any() or int(counts.sum()) != pixels:
+        raise ValueError(f"RLE counts sum to {int(counts.sum())} (negative runs refused), expected {pixels} pixels")
+    return counts
+
+
+#: Groups of 5-bit digits ('0'..'o', bit 0x20 = more follow): 0-6 continued characters, then a last one.
+_COUNTS_TEXT = re.compile(r"(?:[P-o]{0,6}[0-O])*")
+
+
 def decode_rle(rle: RLE) -> np.ndarray:
-    """The boolean H x W mask of a COCO RLE (compressed string or uncompressed list counts)."""
+    """The boolean H x W mask of a COCO RLE (compressed string or uncompressed list counts); a ValueError
+    for counts that do not describe exactly H x W pixels."""
     h, w = (int(v) for v in rle["size"])
+    if h < 0 or w < 0:
+        raise ValueError(f"RLE size {[h, w]} is negative")
     raw = rle["counts"]
     if isinstance(raw, (bytes, str)):
-        counts = string_to_counts(raw.decode("ascii") if isinstance(raw, bytes) else raw)
+        counts = checked_counts(raw.decode("ascii", "replace") if isinstance(raw, bytes) else raw, h * w)
     else:
         counts = np.asarray(raw, dtype=np.int64)
-    if counts.sum() != h * w:
+    if (counts < 0).any() or counts.sum() != h * w:
         raise ValueError(f"RLE counts sum to {int(counts.sum())}, expected {h * w} for size {[h, w]}")
     values = np.zeros(len(counts), dtype=bool)
     values[1::2] = True
