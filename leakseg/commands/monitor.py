@@ -15,11 +15,12 @@ camera OFFLINE first, then exit 0 within shutdown_seconds.
 
 examples:
   leakseg monitor --check monitor.yaml                 # validate the file, start nothing
+  leakseg monitor --check monitor.yaml --draw-zones zones/   # ... and draw each camera's zones: zones/CAMERA.png
   leakseg monitor --config monitor.yaml                # run against the service in the file
   leakseg monitor --config monitor.yaml --archive model_store/jvlgs.mar   # model in process
 
 exit status: 0 after a clean stop, 2 for an invalid configuration or bad arguments,
-1 when a sink or the model cannot start.
+1 when a sink or the model cannot start, or (--draw-zones) when a camera could not be drawn.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
+from pathlib import Path
 
 log = logging.getLogger("leakseg.monitor")
 
@@ -37,6 +40,9 @@ def add_arguments(parser):
     parser.add_argument("--config", "-c", metavar="FILE", help="the monitor's YAML file")
     parser.add_argument("--check", nargs="?", const=True, metavar="FILE",
                         help="validate FILE (or --config) and print a summary; start nothing")
+    parser.add_argument("--draw-zones", metavar="DIR",
+                        help="with --check: read one frame of every camera and write DIR/CAMERA.png, its ignored "
+                        "pixels tinted and its zones outlined")
     parser.add_argument("--archive", metavar="MAR",
                         help="run the model in process from this .mar (no TorchServe); service: is ignored")
     parser.add_argument("--device", default="cpu", help="with --archive: cpu, cuda or auto (default: %(default)s)")
@@ -53,10 +59,85 @@ def run(args) -> int:
     config = _load(path)
     if config is None:
         return EXIT_USAGE
+    if args.draw_zones and not args.check:
+        print("leakseg monitor: --draw-zones goes with --check", file=sys.stderr)
+        return EXIT_USAGE
     if args.check:
         print(summary(config, path))
-        return EXIT_OK if _passwords_set(config) else EXIT_USAGE
+        code = EXIT_OK if _passwords_set(config) else EXIT_USAGE
+        if args.draw_zones and not _draw_all_zones(config, Path(args.draw_zones)) and code == EXIT_OK:
+            code = EXIT_FAIL
+        return code
     return _monitor(args, config)
+
+
+def _draw_all_zones(config, out: Path) -> bool:
+    """Write OUT/CAMERA.png per camera and print its path; False (after saying why) when any camera was
+    skipped: its source gave no frame (a live stream out of reach) or its zones do not fit the frame."""
+    from leakseg.monitor.measure import camera_ignore_mask
+    from leakseg.monitor.zones import draw_zones
+
+    out.mkdir(parents=True, exist_ok=True)
+    all_drawn = True
+    for cam in config.cameras:
+        try:
+            image = draw_zones(first_frame(cam), camera_ignore_mask(cam))
+        except (FrameUnavailable, ValueError) as exc:
+            print(f"  {cam.name}: not drawn: {exc}", file=sys.stderr)
+            all_drawn = False
+            continue
+        target = out / f"{cam.name}.png"
+        image.save(target)
+        print(f"  {cam.name}: zones drawn in {target}")
+    return all_drawn
+
+
+class FrameUnavailable(Exception):
+    """The camera's source gave no frame (the reason is the message)."""
+
+
+def first_frame(cam, patience: float = 5.0):
+    """The camera's first frame, read by the monitor's own source (a drop folder, a video file, a stream).
+
+    Nothing is deleted or paced; FrameUnavailable after the source's open timeout plus ``patience`` seconds."""
+    from leakseg.monitor.sources import make_source
+
+    once = cam.model_copy(update={"delete_after_read": False, "loop": False, "realtime": False})
+    catch = _FirstFrame()
+    stop = threading.Event()
+    source = make_source(once, catch, stop)
+    source.start()
+    catch.done.wait(cam.faults.open_timeout + patience)
+    stop.set()
+    source.join(timeout=patience)
+    if catch.pixels is None:
+        raise FrameUnavailable(catch.reason or f"no frame within {cam.faults.open_timeout + patience:g} s")
+    return catch.pixels
+
+
+class _FirstFrame:
+    """Source callbacks that keep the first frame, or why there is none, and say when either is known."""
+
+    def __init__(self):
+        self.pixels = None
+        self.reason = None
+        self.done = threading.Event()
+
+    def frame(self, pixels, pts) -> None:
+        if self.pixels is None:
+            self.pixels = pixels
+        self.done.set()
+
+    def fault(self, reason: str) -> None:
+        self.reason = self.reason or reason
+        self.done.set()
+
+    def recovered(self) -> None:
+        pass
+
+    def ended(self) -> None:
+        self.reason = self.reason or "the source ended without a frame"
+        self.done.set()
 
 
 def _passwords_set(config) -> bool:
@@ -133,6 +214,7 @@ def summary(config, path) -> str:
             f"  {cam.name}: {cam.kind} {cam.source} | {rate}, clips of {cam.clip_frames} | LEAK when >= "
             f"{a.min_area_pixels} px in {a.k} of {a.n} frames, clear after {a.clear_frames}"
             + (f" | ignore mask {cam.ignore_mask}" if cam.ignore_mask else "")
+            + (f" | {_zones_text(cam.zones)}" if cam.zones else "")
             + f" | Modbus base {config.modbus_base(i)}")
     s = config.sinks
     outs = []
@@ -146,3 +228,10 @@ def summary(config, path) -> str:
         outs.append(f"modbus {s.modbus.host}:{s.modbus.port}")
     lines.append(f"  service: {config.service.url} model {config.service.model}; outputs: {', '.join(outs) or 'none'}")
     return "\n".join(lines)
+
+
+def _zones_text(zones) -> str:
+    parts = [f"{len(zones.ignore)} ignore polygon(s)"]
+    if zones.region_of_interest is not None:
+        parts.append("a region of interest")
+    return "zones: " + ", ".join(parts)

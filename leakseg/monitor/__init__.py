@@ -6,6 +6,7 @@
 * :mod:`leakseg.monitor.alarm`      the per-camera state machine (k of n, hysteresis, faults)
 * :mod:`leakseg.monitor.sinks`      JSON lines log, MQTT, OPC UA, Modbus TCP
 * :mod:`leakseg.monitor.measure`    a window's result -> per-frame observations, after the ignore mask
+* :mod:`leakseg.monitor.zones`      a camera's ignored pixels (ignore_mask image, zone polygons) per frame size
 * :mod:`leakseg.monitor.segmenters` the model: the service through the client SDK, or a .mar in process
 * :mod:`leakseg.monitor.camera`     one camera's state on the loop: window queue, counters, snapshot
 * :mod:`leakseg.monitor.evidence`   per-alarm evidence folders: alarm JSON, window overlays, pruning

@@ -18,7 +18,7 @@ import numpy as np
 
 from leakseg.monitor.alarm import STATE_CODES, AlarmLogic, Observation
 from leakseg.monitor.config import CameraConfig
-from leakseg.monitor.measure import load_ignore_mask
+from leakseg.monitor.measure import camera_ignore_mask
 from leakseg.monitor.sources import SourceCallbacks
 from leakseg.monitor.windows import Frame, Window, WindowBuilder
 
@@ -49,7 +49,7 @@ class Camera(SourceCallbacks):
         self.name = config.name
         self.logic = AlarmLogic(config.name, config.alarm)
         self.builder = WindowBuilder(config.name, config.clip_frames)
-        self.ignore = load_ignore_mask(config.ignore_mask)
+        self.ignore = camera_ignore_mask(config)  # image and zones; built per frame size on first use
         self.pending: Deque[Window] = deque()
         self.wakeup = asyncio.Event()
         self.counters = Counters()

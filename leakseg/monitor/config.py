@@ -14,9 +14,9 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Union
+from typing import Annotated, Any, Dict, List, Literal, Optional, Tuple, Union
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
 from leakseg.schema import ClipOptions, StrictModel
 
@@ -62,6 +62,32 @@ class FaultSettings(StrictModel):
                                               "for this long: SERVICE_FAULT (default: service.timeout).")
 
 
+#: A pixel coordinate of the camera's frame; strict: "12" or true in the file is a typo, not a pixel.
+PixelCoordinate = Annotated[int, Field(ge=0, strict=True)]
+#: [x, y]: x to the right, y down, [0, 0] the top-left pixel.
+ZonePoint = Tuple[PixelCoordinate, PixelCoordinate]
+
+
+def _three_points(points: List[ZonePoint]) -> List[ZonePoint]:
+    if len(points) < 3:
+        raise ValueError(f"a polygon needs at least 3 points [x, y], got {len(points)}")
+    return points
+
+
+Polygon = Annotated[List[ZonePoint], AfterValidator(_three_points)]
+
+
+class Zones(StrictModel):
+    """Polygons in pixels of the camera's frame, beside (or instead of) an ignore_mask image."""
+
+    ignore: List[Polygon] = Field(default_factory=list, description="Polygons whose pixels are ignored, each "
+                                  "a list of >= 3 points [x, y] in pixels of the frame (x right, y down, [0, 0] "
+                                  "the top-left pixel); a pixel is inside when Pillow's ImageDraw.polygon "
+                                  "paints it, edges included. Combined with ignore_mask (either ignores).")
+    region_of_interest: Optional[Polygon] = Field(None, description="One polygon (same rules): every pixel "
+                                                  "outside it is ignored.")
+
+
 class CameraConfig(StrictModel):
     name: str = Field(..., description="Unique name; used in topics, OPC UA browse names and logs.")
     source: str = Field(..., description="A URL or file FFmpeg opens (rtsp://, http://, a video file) or a drop folder.")
@@ -79,6 +105,8 @@ class CameraConfig(StrictModel):
     loop: bool = Field(False, description="Restart a video file or folder listing at its end (demos).")
     ignore_mask: Optional[Path] = Field(None, description="Image of the camera's frame size: non-zero pixels "
                                         "are ignored (e.g. a stack that always vents).")
+    zones: Optional[Zones] = Field(None, description="Ignore polygons and a region of interest, in pixels "
+                                   "of the frame; `leakseg monitor --check FILE --draw-zones DIR` draws them.")
     prompts: Optional[List[str]] = Field(None, description="Text prompts for the service (default: the model's).")
     options: Dict[str, Any] = Field(default_factory=dict, description="Service options (threshold, normalization, ...).")
     alarm: AlarmSettings = Field(default_factory=AlarmSettings)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Union
 
 import numpy as np
 
 from leakseg.io.frames import ClipLimits, read_image_file
 from leakseg.monitor.alarm import Observation
+from leakseg.monitor.config import CameraConfig
 from leakseg.monitor.windows import Window
+from leakseg.monitor.zones import IgnoreMask
 from leakseg.schema import ClipResult
 
 
@@ -23,19 +25,27 @@ def load_ignore_mask(path: Optional[Path]) -> Optional[np.ndarray]:
     return arr > 0
 
 
-def observations(window: Window, result: ClipResult, ignore: Optional[np.ndarray],
+def camera_ignore_mask(camera: CameraConfig) -> Optional[IgnoreMask]:
+    """The camera's ignore_mask image and zones together, or None when it ignores nothing."""
+    if camera.ignore_mask is None and camera.zones is None:
+        return None
+    return IgnoreMask(camera.name, load_ignore_mask(camera.ignore_mask), camera.zones)
+
+
+def observations(window: Window, result: ClipResult, ignore: Union[IgnoreMask, np.ndarray, None],
                  masks: Optional[np.ndarray] = None) -> List[Observation]:
     """One observation per *reported* frame of the window (its first ``window.final`` frames).
 
-    ``masks``: the result's masks already decoded (the monitor checks and decodes an answer once)."""
+    ``ignore``: the camera's :class:`IgnoreMask` (or a bare H x W array of ignored pixels); ValueError when
+    it does not fit the frames. ``masks``: the result's masks already decoded (the monitor checks and
+    decodes an answer once)."""
     if masks is None:
         masks = result.masks()  # T x H x W bool
     h, w = masks.shape[1:]
+    if isinstance(ignore, np.ndarray):
+        ignore = IgnoreMask(window.camera, image=ignore)
     if ignore is not None:
-        if ignore.shape != (h, w):
-            raise ValueError(f"camera {window.camera}: ignore mask is {ignore.shape[1]}x{ignore.shape[0]} "
-                             f"but frames are {w}x{h}")
-        masks = masks & ~ignore
+        masks = masks & ~ignore.for_frame(h, w)
     out = []
     pixels = float(h * w)
     for i, frame in enumerate(window.reported):
