@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import List, Optional
 
 import numpy as np
 
@@ -32,18 +32,14 @@ def camera_ignore_mask(camera: CameraConfig) -> Optional[IgnoreMask]:
     return IgnoreMask(camera.name, load_ignore_mask(camera.ignore_mask), camera.zones)
 
 
-def observations(window: Window, result: ClipResult, ignore: Union[IgnoreMask, np.ndarray, None],
-                 masks: Optional[np.ndarray] = None) -> List[Observation]:
+def observations(window: Window, result: ClipResult, ignore: Optional[IgnoreMask],
+                 masks: np.ndarray) -> List[Observation]:
     """One observation per *reported* frame of the window (its first ``window.final`` frames).
 
-    ``ignore``: the camera's :class:`IgnoreMask` (or a bare H x W array of ignored pixels); ValueError when
-    it does not fit the frames. ``masks``: the result's masks already decoded (the monitor checks and
-    decodes an answer once)."""
-    if masks is None:
-        masks = result.masks()  # T x H x W bool
+    ``ignore``: the camera's :class:`IgnoreMask` (None: nothing ignored); ValueError when it does not fit
+    the frames. ``masks``: the result's T x H x W masks, already checked and decoded (the monitor does that
+    once per answer, :func:`leakseg.monitor.segmenters.checked_masks`)."""
     h, w = masks.shape[1:]
-    if isinstance(ignore, np.ndarray):
-        ignore = IgnoreMask(window.camera, image=ignore)
     if ignore is not None:
         masks = masks & ~ignore.for_frame(h, w)
     out = []
