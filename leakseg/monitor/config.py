@@ -19,6 +19,7 @@ from typing import Annotated, Any, Dict, List, Literal, Optional, Tuple, Union
 from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
 from leakseg.schema import ClipOptions, StrictModel
+from leakseg.selftest.settings import SelfTestSchedule
 
 
 class ConfigError(ValueError):
@@ -116,6 +117,9 @@ class CameraConfig(StrictModel):
     modbus_base: Optional[int] = Field(None, ge=0, le=65000, description="First Modbus register of this camera "
                                        "(default: 16 x its position in the list).")
     delete_after_read: bool = Field(False, description="Folder sources: delete each frame file once read.")
+    selftest: Optional[SelfTestSchedule] = Field(None, description="A scheduled in-field self-test of this camera "
+                                                 "(synthetic plumes on its own background; docs/SCADA.md, "
+                                                 "\"Commissioning a camera\"); null: only `leakseg selftest`.")
 
     @field_validator("name")
     @classmethod
