@@ -28,6 +28,7 @@ COMMANDS = {
     "evaluate": "J, F, J&F, false alarms and clip detection of an archive on a labelled dataset",
     "kserve": "serve an archive on KServe's model server (Open Inference Protocol v2), or write KServe's layout",
     "monitor": "watch cameras, segment overlapping clips, raise leak alarms over OPC UA, MQTT, Modbus",
+    "selftest": "blend synthetic plumes into a camera's own frames: PoD, time to alarm, false alarms, detection limit",
 }
 
 

@@ -106,7 +106,20 @@ def gas_contrast(rng: np.random.Generator, scene: Scene, noise_sigma: float, thr
     sign = 1.0 if rng.random() < 0.5 else -1.0
     delta = sign * edge_snr * noise_sigma / (1 - math.exp(-threshold))
     coupling = rng.uniform(0.0, 0.6)
-    dtemp = delta - coupling * (scene.image - scene.ground_level)
-    dtemp = sign * np.maximum(sign * dtemp, 0.6 * abs(delta))
+    dtemp = following_background(delta, coupling, scene.image - scene.ground_level)
     meta = {"edge_snr": float(edge_snr), "gas_contrast": float(delta), "contrast_coupling": float(coupling)}
     return dtemp.astype(np.float32), meta
+
+
+#: The gas's contrast never falls below this fraction of its nominal value, however the background runs.
+MIN_CONTRAST_FRACTION = 0.6
+
+
+def following_background(delta: float, coupling: float, offset: np.ndarray) -> np.ndarray:
+    """The signed contrast ``delta`` where the background is ``offset`` above its reference level: gas of one
+    temperature shows less against a background nearer its own temperature, by ``coupling`` of the offset;
+    clamped to at least :data:`MIN_CONTRAST_FRACTION` of ``delta`` and never flipping its sign, so gas always
+    shows. Shared by the generator and the self-test's injection (:mod:`leakseg.selftest.inject`)."""
+    sign = math.copysign(1.0, delta)
+    dtemp = delta - coupling * offset
+    return sign * np.maximum(sign * dtemp, MIN_CONTRAST_FRACTION * abs(delta))

@@ -34,7 +34,15 @@ def sample_plume(rng: np.random.Generator, scene: Scene, canvas, crop) -> Dict[s
     inside = [(y, x, a) for y, x, a in scene.sources
               if 0.15 * ch < y - MARGIN < 0.85 * ch and 0.15 * cw < x - MARGIN < 0.85 * cw]
     pool = inside or scene.sources or [(h / 2, w / 2, -math.pi / 2)]
-    sy, sx, normal = pool[int(rng.integers(len(pool)))]
+    return plume_physics(rng, pool[int(rng.integers(len(pool)))], crop)
+
+
+def plume_physics(rng: np.random.Generator, source: Tuple[float, float, float], crop) -> Dict[str, float]:
+    """The plume's physics for one source (y, x on the canvas, outward normal angle) seen in a view of
+    ``crop`` (height, width) pixels: wind, jet, buoyancy, growth, turbulence, puffing. The self-test
+    (:mod:`leakseg.selftest.inject`) draws its plumes here too, at a source it chooses."""
+    sy, sx, normal = source
+    ch, cw = crop
     # Lengths and speeds are drawn for a 352-pixel view of a leak at a typical distance, then scaled:
     # "zoom" is how close the camera is (a close leak is big and crosses the view fast).
     zoom = math.exp(rng.uniform(math.log(1.0), math.log(3.5))) * min(ch, cw) / 352

@@ -121,13 +121,13 @@ def _label_text(index: int, area_pixels: int, area_fraction: float) -> str:
 
 def _draw_label(image: Image.Image, text: str) -> None:
     draw = ImageDraw.Draw(image)
-    font = _font(max(10, image.height // 24))
+    font = label_font(max(10, image.height // 24))
     left, top, right, bottom = draw.textbbox((4, 2), text, font=font)
     draw.rectangle((0, 0, right + 4, bottom + 3), fill=(0, 0, 0))  # keeps the text readable on any frame
     draw.text((4, 2), text, fill=(255, 255, 255), font=font)
 
 
-def _font(size: int) -> Union[ImageFont.ImageFont, ImageFont.FreeTypeFont]:
+def label_font(size: int) -> Union[ImageFont.ImageFont, ImageFont.FreeTypeFont]:
     try:
         return ImageFont.load_default(size=size)  # scalable when Pillow has FreeType
     except (TypeError, OSError, ImportError):
