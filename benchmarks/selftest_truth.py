@@ -3,13 +3,9 @@
     python benchmarks/selftest_truth.py --archive model_store/jvlgs.mar --seeds 0 60 --out /tmp/truth.jsonl
     python benchmarks/selftest_truth.py --summary /tmp/truth.jsonl          # the table only
 
-For each scene seed, ``leakseg.synth`` renders a calm generator-v3 scene (every distractor off, 240 x 320) in
-which a real plume starts leaking (leak mode "start": its gas runs to the end of the clip), and the scene's
-leak-free twin (the same scene, camera and noise; the generator's streams are independent of the leak).
-The real plume's labels give its size (mean visible area while it leaks), its contrast (the generator's
-gas-to-background contrast in grey levels, ``gas_contrast * gain``), its polarity, when it starts and where
-its source is. The self-test's injector (:func:`leakseg.selftest.inject.inject_plume`) then blends a plume
-of that size, contrast, polarity, start and source into the twin. Both videos run through the same production
+For each scene seed, ``leakseg.synth`` renders a calm generator-v3 scene in which a real plume starts leaking,
+and the scene's leak-free twin; the self-test's injector blends a plume with the real plume's size, contrast,
+polarity, start and source into the twin (tests/support/selftest_scenes.py). Both videos run through the same production
 path (the self-test's :func:`~leakseg.selftest.trials.replay`: the camera's windows, the model, its alarm
 rule) and are judged alike: detected when LEAK is raised within the leak's duration plus n frames after
 the gas first shows.
@@ -27,38 +23,20 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
-H, W = 240, 320
-FRAMES = 32
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from support.selftest_scenes import matched_injection, real_plume  # noqa: E402  (shared with the truth test)
+
 #: docs/SCADA.md's camera settings for the default model.
 CAMERA = {"name": "truth", "source": "rtsp://unused", "clip_frames": 8,
           "options": {"normalization": "absolute", "threshold": 0.9, "opening_kernel": 9},
           "alarm": {"min_area_pixels": 200, "k": 3, "n": 5, "clear_frames": 5}}
 #: Size bins, visible pixels (upper bounds).
-BINS = (1000, 3000, math.inf)
-
-
-def scene(seed: int):
-    """(leak frames, twin frames, the real plume's facts) of one scene seed, or None without visible gas."""
-    from leakseg.synth import CALM_EFFECTS, generate_clip
-
-    calm = dict(frames=FRAMES, height=H, width=W, version=3, effects=CALM_EFFECTS)
-    frames, masks, meta = generate_clip(seed, leak="start", **calm)
-    twin, none, _ = generate_clip(seed, leak="none", **calm)
-    assert not none.any()
-    start = meta["emission"]["first_frame"]
-    running = masks[start:].reshape(FRAMES - start, -1).sum(axis=1)
-    if not running.any():
-        return None
-    cam = meta["camera"]
-    x, y = meta["source_xy"]
-    facts = {"seed": seed, "start": start, "duration": FRAMES - start, "size": float(running.mean()),
-             "contrast": abs(cam["gas_contrast"] * cam["gain"]), "polarity": meta["plume_polarity"],
-             "position": [int(np.clip(round(x), 0, W - 1)), int(np.clip(round(y), 0, H - 1))]}
-    return frames, twin, masks, facts
+BINS = (300, 1000, math.inf)
 
 
 def judged(frames, masks, camera, segmenter, duration: int) -> Dict:
@@ -73,18 +51,16 @@ def judged(frames, masks, camera, segmenter, duration: int) -> Dict:
             "alarm_before_gas": outcome.alarm_before_gas}
 
 
-def one_seed(seed: int, camera, segmenter) -> Dict:
-    from leakseg.selftest.inject import PlumeSpec, inject_plume
-
-    made = scene(seed)
+def one_seed(seed: int, camera, segmenter, real: Optional[Dict] = None) -> Dict:
+    """One scene's real and injected plume, judged; ``real``: the real plume's verdict from an earlier run
+    (it does not depend on the injector, so --reuse-real skips it)."""
+    made = real_plume(seed)
     if made is None:
         return {"seed": seed, "skipped": "no visible gas"}
     frames, twin, masks, facts = made
-    spec = PlumeSpec(max(1, round(facts["size"])), facts["contrast"], facts["polarity"], facts["duration"],
-                     tuple(facts["position"]), seed)
-    injected = inject_plume(twin, spec, facts["start"])
+    injected = matched_injection(twin, facts)
     return {**facts, "injected_size": injected.measured_size_pixels,
-            "real": judged(frames, masks, camera, segmenter, facts["duration"]),
+            "real": real or judged(frames, masks, camera, segmenter, facts["duration"]),
             "injected": judged(injected.frames, injected.masks, camera, segmenter, facts["duration"])}
 
 
@@ -131,6 +107,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs=2, default=(0, 60), metavar=("FIRST", "STOP"))
     parser.add_argument("--out", type=Path, default=Path("selftest_truth.jsonl"))
     parser.add_argument("--summary", type=Path, help="only print the table of an earlier --out file")
+    parser.add_argument("--reuse-real", type=Path, metavar="JSONL", help="an earlier --out file: its real "
+                        "plumes' verdicts are reused (after a change to the injector only the injected half runs)")
     args = parser.parse_args(argv)
     if args.summary:
         print(summary([json.loads(line) for line in args.summary.read_text().splitlines() if line.strip()]))
@@ -145,11 +123,15 @@ def main(argv=None) -> int:
     done = set()
     if args.out.exists():
         done = {json.loads(line)["seed"] for line in args.out.read_text().splitlines() if line.strip()}
+    earlier = {}
+    if args.reuse_real:
+        rows = [json.loads(line) for line in args.reuse_real.read_text().splitlines() if line.strip()]
+        earlier = {r["seed"]: r["real"] for r in rows if "real" in r}
     for seed in range(*args.seeds):
         if seed in done:
             continue
         began = time.monotonic()
-        row = one_seed(seed, camera, segmenter)
+        row = one_seed(seed, camera, segmenter, earlier.get(seed))
         with args.out.open("a") as out:
             out.write(json.dumps(row) + "\n")
         print(f"seed {seed}: {json.dumps(row)[:160]} ({time.monotonic() - began:.0f} s)", flush=True)

@@ -135,6 +135,77 @@ def test_state_priority_camera_fault_over_service_fault_over_leak():
     assert logic.state == State.OFFLINE and events[-1].type == "state_changed"
 
 
+# -- DEGRADED: the camera cannot see gas ------------------------------------------------------------------
+
+
+def kinds(events):
+    return [(e.type, e.alarm.kind.value if e.alarm else None, e.state.value) for e in events]
+
+
+def test_degraded_is_an_alarm_of_its_own_below_leak_and_never_normal():
+    clock = Clock()
+    logic = AlarmLogic("cam", settings(k=2, n=2, clear_frames=2), clock=clock)
+    assert kinds(logic.set_degraded("picture", "flat picture: p99-p1 0")) == [
+        ("alarm_raised", "DEGRADED", "DEGRADED"), ("state_changed", None, "DEGRADED")]
+    assert logic.degraded.reason == "picture: flat picture: p99-p1 0" and logic.degraded.start == clock.t
+    # a degraded camera is still analysed, and a LEAK it sees outranks DEGRADED
+    assert kinds(run_events(logic, [500, 500]))[-1] == ("state_changed", None, "LEAK")
+    assert logic.set_degraded("picture", "blurred: sharpness 0.2") == []  # a new reason, no new alarm
+    assert logic.degraded.reason == "picture: blurred: sharpness 0.2"
+    # the LEAK clears by its own rule; the camera then is DEGRADED, not NORMAL
+    run(logic, [0, 0], start=2)
+    assert logic.leak is None and logic.state == State.DEGRADED
+    events = logic.set_degraded("picture", None)
+    assert kinds(events) == [("alarm_cleared", "DEGRADED", "NORMAL"), ("state_changed", None, "NORMAL")]
+    assert events[0].alarm.end is not None and events[0].message == "DEGRADED cleared: picture no longer says so"
+    assert logic.set_degraded("picture", None) == []
+
+
+def test_degraded_never_clears_an_active_leak_nor_restarts_its_history():
+    logic = AlarmLogic("cam", settings(k=3, n=5, clear_frames=2))
+    run(logic, [500, 500])
+    logic.set_degraded("picture", "low contrast")
+    assert run(logic, [500], start=2)[0][1] == "alarm_raised"  # the two hits before still count
+    logic.set_degraded("selftest", "no plume found")
+    logic.set_degraded("picture", None)
+    logic.set_degraded("selftest", None)
+    assert logic.leak is not None and logic.state == State.LEAK
+
+
+def test_faults_outrank_degraded():
+    logic = AlarmLogic("cam", settings())
+    logic.set_degraded("picture", "saturated")
+    logic.service_failed("down")
+    assert logic.state == State.SERVICE_FAULT
+    logic.camera_failed("lost")
+    assert logic.state == State.CAMERA_FAULT
+    logic.camera_ok()
+    logic.service_ok()
+    assert logic.state == State.DEGRADED  # still degraded: nothing said otherwise
+    logic.go_offline()
+    assert logic.state == State.OFFLINE
+
+
+def test_degraded_while_any_source_says_so_and_its_reason_names_every_source():
+    logic = AlarmLogic("cam", settings())
+    raised = logic.set_degraded("picture", "blurred")
+    joined = logic.set_degraded("selftest", "2 of 3 plumes missed")
+    assert kinds(joined) == [("alarm_updated", "DEGRADED", "DEGRADED")]
+    assert joined[0].alarm.id == raised[0].alarm.id
+    assert joined[0].alarm.reason == "picture: blurred; selftest: 2 of 3 plumes missed"
+    left = logic.set_degraded("picture", None)
+    assert kinds(left) == [("alarm_updated", "DEGRADED", "DEGRADED")] and left[0].alarm.reason == \
+        "selftest: 2 of 3 plumes missed"
+    assert logic.state == State.DEGRADED
+    assert kinds(logic.set_degraded("selftest", None))[0] == ("alarm_cleared", "DEGRADED", "NORMAL")
+    assert [a.kind for a in logic.recent.values()] == [State.DEGRADED]  # one alarm, acknowledgeable by id
+    assert [e.alarm.kind for e in logic.acknowledge(raised[0].alarm.id)] == [State.DEGRADED]
+
+
+def run_events(logic, areas, start=0):
+    return [e for i, a in enumerate(areas, start) for e in logic.observe(obs(i, a))]
+
+
 def test_acknowledge_by_id_and_all():
     logic = AlarmLogic("cam", settings(k=1, n=1, clear_frames=1))
     first = run(logic, [500, 0])

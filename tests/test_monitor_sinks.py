@@ -43,6 +43,16 @@ def leak_story(monitor) -> None:
     feed(monitor, "cam-a", [0, 0], start_seq=4)
 
 
+#: What cam-b's picture check says in :func:`degrade`.
+BLURRED = "blurred: sharpness 0.21 of the camera's reference (limit 0.5)"
+
+
+def degrade(monitor, reason=BLURRED) -> None:
+    """cam-b's picture check says it cannot see gas (reason) or can again (None), as after a window."""
+    monitor.emit(monitor.cameras["cam-b"].logic.set_degraded("picture", reason))
+    monitor.publish_state("cam-b")
+
+
 def story_of(events):
     return [(e["type"], (e["alarm"] or {}).get("kind")) for e in events]
 
@@ -60,6 +70,33 @@ def test_jsonl_log_has_every_event_in_order_between_started_and_stopped(tmp_path
     assert lines[0]["type"] == "monitor_started" and lines[-1]["type"] == "monitor_stopped"
     assert [(e["type"], e["camera"]) for e in lines[1:-1] if e["camera"] == "cam-a"] == \
         [(t, "cam-a") for t, _ in LEAK_STORY]
+
+
+def test_jsonl_log_and_the_status_table_say_a_camera_cannot_see_gas(tmp_path):
+    from leakseg.monitor.status import table_rows
+
+    rows = []
+
+    async def scenario(monitor):
+        degrade(monitor)
+        rows.extend(table_rows(c.snapshot() for c in monitor.cameras.values()))
+        degrade(monitor, None)
+
+    run_monitor(two_cameras(tmp_path, jsonl={"path": str(tmp_path / "events.jsonl"), "states": True}), scenario)
+
+    lines = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    b = [e for e in lines if e.get("camera") == "cam-b"]
+    assert story_of([e for e in b if e["type"] != "state"]) == [
+        ("alarm_raised", "DEGRADED"), ("state_changed", None), ("alarm_cleared", "DEGRADED"), ("state_changed", None),
+        ("state_changed", None)]
+    degraded = next(e for e in b if e["type"] == "state" and e["degraded"])
+    assert (degraded["state"], degraded["state_code"], degraded["degraded_reason"]) == \
+        ("DEGRADED", 5, f"picture: {BLURRED}")
+    keys = list(degraded)
+    assert keys.index("degraded") == keys.index("service_fault") + 1  # beside the other health values
+    last = [e for e in b if e["type"] == "state" and e["state"] != "OFFLINE"][-1]
+    assert (last["state"], last["degraded"], last["degraded_reason"]) == ("NORMAL", False, None)
+    assert rows[2].startswith("cam-b") and " DEGRADED " in rows[2] and rows[2].endswith(f"picture: {BLURRED}")
 
 
 def test_jsonl_log_rotates_and_keeps_backups(tmp_path):
@@ -182,7 +219,7 @@ asyncio.run(main())
 
 CAMERA_VARIABLES = ("State", "StateCode", "LeakActive", "LeakAreaPixels", "LeakAreaFraction", "HighestScore",
                     "CentroidX", "CentroidY", "FramesAnalysed", "WindowsDropped", "CameraHealthy", "ServiceHealthy",
-                    "AlarmId", "AlarmAcknowledged", "LastFrameTime", "FaultReason")
+                    "AlarmId", "AlarmAcknowledged", "LastFrameTime", "FaultReason", "Degraded", "DegradedReason")
 
 
 class Events:
@@ -250,6 +287,36 @@ def test_opcua_variables_and_alarm_events_follow_the_leak(opcua):
             assert await var["FramesAnalysed"].read_value() == 4
             assert abs(await var["LeakAreaFraction"].read_value() - 900 / FRAME_PIXELS) < 1e-9
             assert await var["CameraHealthy"].read_value() is True
+
+    run_monitor(config, scenario)
+
+
+def test_opcua_variables_and_event_say_a_camera_cannot_see_gas(opcua):
+    from asyncua import Client
+
+    config, endpoint = opcua
+
+    async def scenario(monitor):
+        async with Client(endpoint) as anonymous:
+            cam, idx = await camera_node(anonymous, "cam-b")
+            var = {n: await cam.get_child(f"{idx}:{n}") for n in CAMERA_VARIABLES}
+            assert await var["Degraded"].read_value() is False and await var["DegradedReason"].read_value() == ""
+            events = await subscribe_alarms(anonymous, cam, idx)
+
+            degrade(monitor)
+            await until(lambda: events.items, what="the DEGRADED event")
+            raised = events.items[0]
+            assert (raised.ConditionName, raised.Transition, raised.Severity) == ("DEGRADED", "raised", 400)
+            await until(lambda: _is(var["Degraded"], True), what="Degraded")
+            assert await var["State"].read_value() == "DEGRADED" and await var["StateCode"].read_value() == 5
+            assert await var["DegradedReason"].read_value() == f"picture: {BLURRED}"
+            assert await var["FaultReason"].read_value() == "" and await var["CameraHealthy"].read_value() is True
+
+            degrade(monitor, None)
+            await until(lambda: _is(var["Degraded"], False), what="Degraded back to false")
+            assert await var["State"].read_value() == "NORMAL" and await var["DegradedReason"].read_value() == ""
+            await until(lambda: len(events.items) == 2, what="the cleared event")
+            assert events.items[1].Transition == "cleared" and events.items[1].AlarmId == raised.AlarmId
 
     run_monitor(config, scenario)
 
@@ -371,6 +438,33 @@ def test_modbus_registers_follow_the_leak_and_a_camera_fault(modbus):
             assert regs_b[0] == 2 and regs_b[8] == 0  # CAMERA_FAULT, camera unhealthy
 
     run_monitor(config, scenario)
+
+
+def test_modbus_state_5_and_can_see_gas_register_for_a_degraded_camera(modbus):
+    config, port = modbus
+
+    async def degraded_registers(client):
+        regs = await holding(client, 16)
+        return regs if regs[0] == 5 else None
+
+    async def scenario(monitor):
+        async with modbus_client(port) as client:
+            assert (await holding(client, 16))[15] == 1  # can see gas
+            degrade(monitor)
+            regs = await until(lambda: degraded_registers(client), what="cam-b's DEGRADED registers")
+            assert regs[15] == 0 and regs[8:10] == [1, 1]  # cannot see gas; camera and service healthy
+            assert (await inputs(client, 16))[15] == 0
+            regs_a = await leak_registers(monitor, client)  # another camera is untouched
+            assert regs_a[0] == 1 and regs_a[15] == 1
+            degrade(monitor, None)
+            await until(lambda: _is_register(client, 16 + 15, 1), what="can see gas again")
+            assert (await holding(client, 16))[0] == 0
+
+    run_monitor(config, scenario)
+
+
+async def _is_register(client, address, value):
+    return (await holding(client, address, count=1))[0] == value
 
 
 def test_modbus_map_is_read_only_and_the_heartbeat_moves(modbus):
@@ -608,3 +702,79 @@ def test_opcua_empty_password_is_refused_at_start_and_at_login(opcua, monkeypatc
 
     monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
     run_monitor(config, scenario)
+
+
+# -- self-test outputs (the self-test itself: test_monitor_selftest.py) ---------------------------------
+
+
+def with_selftest(config):
+    """cam-a gets an on-demand self-test block (every_hours null). No model runs: its folder stays empty, so a
+    requested self-test waits for its background; cam-b has none ("off")."""
+    from leakseg.selftest.settings import SelfTestSchedule
+
+    config.cameras[0].selftest = SelfTestSchedule(every_hours=None, background_frames=8)
+    return config
+
+
+def test_mqtt_selftest_run_topic_refuses_retained_requests_and_unknown_cameras(tmp_path, mosquitto, mqtt_recorder):
+    """A retained request waits on the broker (an HMI's mistake): the monitor gets it at its subscription and
+    refuses it; a plain request is taken (the self-test then waits for its background)."""
+    mqtt_recorder.client.publish("plant1/cam-a/selftest/run", "go", qos=1, retain=True).wait_for_publish(5)
+
+    async def scenario(monitor):
+        await mqtt_online(mqtt_recorder)
+        await until(lambda: mqtt_sink(monitor).health()["requests_refused"] == 1, what="the retained request refused")
+        assert json.loads(retained(mosquitto.port, "plant1/cam-a/selftest"))["status"] == "never"
+        await asyncio.to_thread(mqtt_recorder.publish, "plant1/cam-b/selftest/run", "")  # no selftest block
+        await asyncio.to_thread(mqtt_recorder.publish, "plant1/cam-a/selftest/run", "")
+        waiting = await asyncio.to_thread(mqtt_recorder.wait_for, lambda m: m[0] == "plant1/cam-a/selftest"
+                                          and json.loads(m[1])["status"] == "waiting")
+        assert json.loads(waiting[0][1])["reason"] == "waiting for 8 contiguous gas-free frames (has 0)"
+        assert mqtt_sink(monitor).health()["requests_refused"] == 2
+        state = json.loads(retained(mosquitto.port, "plant1/cam-b/state"))
+        assert state["selftest_status"] == "off" and state["selftest_time"] is None
+
+    run_monitor(with_selftest(mqtt_config(tmp_path, mosquitto)), scenario)
+    assert mqtt_recorder.on("plant1/cam-b/selftest") == []  # only cameras with a selftest block
+
+
+def test_opcua_run_selftest_is_an_operator_action_on_a_camera_with_a_selftest_block(opcua):
+    from asyncua import Client, ua
+
+    config, endpoint = opcua
+
+    async def scenario(monitor):
+        async with Client(endpoint) as anonymous:
+            cam, idx = await camera_node(anonymous)
+            assert await (await cam.get_child(f"{idx}:SelfTestStatus")).read_value() == "never"
+            assert await (await cam.get_child(f"{idx}:PodAtReference")).read_value() == -1.0
+            with pytest.raises(ua.UaError):  # anonymous_can_acknowledge is false: no method calls
+                await cam.call_method(f"{idx}:RunSelfTest")
+        async with operator(endpoint) as client:
+            cam, idx = await camera_node(client)
+            assert await cam.call_method(f"{idx}:RunSelfTest") == "requested"
+            status = await cam.get_child(f"{idx}:SelfTestStatus")
+            await until(lambda: _is(status, "waiting"), what="the requested self-test waits for its background")
+            reason = await (await cam.get_child(f"{idx}:SelfTestReason")).read_value()
+            assert reason.startswith("waiting for 8 contiguous gas-free frames")
+            cam_b, _ = await camera_node(client, "cam-b")
+            assert await (await cam_b.get_child(f"{idx}:SelfTestStatus")).read_value() == "off"
+            with pytest.raises(ua.UaStatusCodeError) as refused:
+                await cam_b.call_method(f"{idx}:RunSelfTest")
+            assert refused.value.code == ua.StatusCodes.BadNotSupported
+
+    run_monitor(with_selftest(opcua[0]), scenario)
+
+
+def test_modbus_selftest_blocks_start_at_the_offset(modbus):
+    config, port = modbus
+
+    async def scenario(monitor):
+        async with modbus_client(port) as client:
+            await until(lambda: _is_register(client, 4096, 1), what="cam-a's self-test: never run")
+            assert await holding(client, 4096, count=8) == [1, 0, 65535, 65535, 0, 0, 65535, 0]
+            assert await inputs(client, 4112, count=8) == [0, 0, 65535, 65535, 0, 0, 65535, 0]  # cam-b: off
+            monitor.request_selftest("cam-a")
+            await until(lambda: _is_register(client, 4096, 2), what="cam-a's self-test waiting")
+
+    run_monitor(with_selftest(config), scenario)

@@ -119,7 +119,8 @@ def test_16_bit_counts_saturate_without_wrapping():
 
 def test_rgb_frames_get_the_same_change_on_every_channel():
     grey = _grey().astype(np.int32)
-    rgb = np.stack([grey // 2 + 60, grey // 2, grey // 3], axis=-1).astype(np.uint8)
+    # every channel stays above the contrast (40), so no channel clips at 0 and the changes are comparable
+    rgb = np.stack([grey // 2 + 60, grey // 2 + 45, grey // 3 + 50], axis=-1).astype(np.uint8)
     out = _inject(rgb, contrast=40.0, polarity="darker")
     change = out.frames.astype(int) - rgb
     assert out.frames.shape == rgb.shape and out.frames.dtype == np.uint8
@@ -373,3 +374,10 @@ def test_an_answer_that_does_not_fit_the_window_is_a_selftest_error(segmenter, b
     grid = PlumeGrid(sizes_pixels=[1000], contrasts=[40], positions=1)
     with pytest.raises(SelfTestError, match="invalid answer: 7 frame results"):
         run_selftest(background[:8], _camera(), _Relay(segmenter, short), grid, SelfTestTarget())
+
+
+def test_the_false_alarm_rate_carries_its_poisson_upper_bound():
+    from leakseg.selftest.run import poisson_upper
+
+    # the exact one-sided 95 % bounds (chi-squared tables): none seen still allows 3.0, one allows 4.74
+    assert [round(poisson_upper(k), 2) for k in (0, 1, 2, 5)] == [3.0, 4.74, 6.3, 10.51]

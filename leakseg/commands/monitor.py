@@ -9,6 +9,8 @@ documented in docs/SCADA.md; examples/monitor.yaml is a complete example.
 
 Lost or frozen cameras are CAMERA_FAULT and an unreachable or failing service is SERVICE_FAULT,
 never "no leak"; so is a window that fails in any way, and windows waiting with none analysed.
+A camera that delivers frames but cannot see gas (a flat, low-contrast, saturated or blurred
+picture) is DEGRADED, never NORMAL; it is still analysed.
 When the service is slower than a live camera whole windows are dropped (and counted); replays
 (realtime: false, a drop folder with its END file) wait instead. SIGINT/SIGTERM publish every
 camera OFFLINE first, then exit 0 within shutdown_seconds.

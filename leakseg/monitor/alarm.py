@@ -1,4 +1,4 @@
-"""Per-camera alarm logic: NORMAL, LEAK, CAMERA_FAULT, SERVICE_FAULT. No model, no I/O.
+"""Per-camera alarm logic: NORMAL, DEGRADED, LEAK, CAMERA_FAULT, SERVICE_FAULT. No model, no I/O.
 
 The rules (docs/SCADA.md, "Alarm logic"):
 
@@ -10,8 +10,13 @@ The rules (docs/SCADA.md, "Alarm logic"):
 * a camera fault (lost, frozen, stale stream) and a service fault (unreachable, failing) are
   alarms of their own. While a fault lasts no frame is analysed, so an active LEAK stays active
   (it is never cleared by not looking), and the k-of-n history restarts when frames come back;
+* DEGRADED (the camera cannot see gas: its picture is flat, without contrast, saturated or blurred, or
+  its self-test failed) is an alarm of its own too. Sources say so with :meth:`AlarmLogic.set_degraded`
+  (``"picture"``: :mod:`leakseg.monitor.detectability`; ``"selftest"``); the camera is degraded while any
+  source says so, and the alarm's reason names every one. A degraded camera is still analysed (it may
+  still see a large plume): a LEAK it sees is raised, and being degraded never clears an active LEAK;
 * the camera's ``state`` is the most severe of what is active: CAMERA_FAULT, SERVICE_FAULT,
-  LEAK, NORMAL (OFFLINE once the monitor stops).
+  LEAK, DEGRADED, NORMAL (OFFLINE once the monitor stops): a degraded camera is never NORMAL.
 
 Every change produces :class:`Event` objects the sinks publish. Each alarm has an id
 (``CAMERA-KIND-YYYYmmddTHHMMSS-N``), start and end time, and for LEAK the peak area, its bounding
@@ -37,12 +42,14 @@ class State(str, Enum):
     CAMERA_FAULT = "CAMERA_FAULT"
     SERVICE_FAULT = "SERVICE_FAULT"
     OFFLINE = "OFFLINE"
+    DEGRADED = "DEGRADED"
 
 
 #: Numeric codes (Modbus register, OPC UA StateCode).
-STATE_CODES = {State.NORMAL: 0, State.LEAK: 1, State.CAMERA_FAULT: 2, State.SERVICE_FAULT: 3, State.OFFLINE: 4}
+STATE_CODES = {State.NORMAL: 0, State.LEAK: 1, State.CAMERA_FAULT: 2, State.SERVICE_FAULT: 3, State.OFFLINE: 4,
+               State.DEGRADED: 5}
 #: OPC UA event severity (1-1000) per alarm kind.
-SEVERITY = {State.LEAK: 900, State.CAMERA_FAULT: 600, State.SERVICE_FAULT: 500}
+SEVERITY = {State.LEAK: 900, State.CAMERA_FAULT: 600, State.SERVICE_FAULT: 500, State.DEGRADED: 400}
 
 
 @dataclass
@@ -142,6 +149,8 @@ class AlarmLogic:
         self.leak: Optional[Alarm] = None
         self.camera_fault: Optional[Alarm] = None
         self.service_fault: Optional[Alarm] = None
+        self.degraded: Optional[Alarm] = None
+        self.degraded_by: Dict[str, str] = {}  # source -> its reason, while it says the camera cannot see gas
         self.recent: Dict[str, Alarm] = {}  # id -> alarm, for acknowledgement (bounded)
         self.last: Optional[Observation] = None
         self.frames_analysed = 0
@@ -161,6 +170,8 @@ class AlarmLogic:
             return State.SERVICE_FAULT
         if self.leak:
             return State.LEAK
+        if self.degraded:
+            return State.DEGRADED
         return State.NORMAL
 
     def is_leak_frame(self, obs: Observation) -> bool:
@@ -225,6 +236,31 @@ class AlarmLogic:
     def service_ok(self, when: Optional[float] = None) -> List[Event]:
         return self._fault_cleared("service_fault", when, "service answers again")
 
+    def set_degraded(self, source: str, reason: Optional[str], when: Optional[float] = None) -> List[Event]:
+        """``source`` (``"picture"``, ``"selftest"``) says the camera cannot see gas (``reason``) or can (None).
+
+        DEGRADED is raised when the first source says so and cleared when the last one takes it back; a source
+        joining or leaving in between updates the alarm (its reason names every source). A new reason from a
+        source already counted only refreshes the alarm's reason, without an event (as a fault's does)."""
+        before_sources = set(self.degraded_by)
+        if reason:
+            self.degraded_by[source] = reason
+        else:
+            self.degraded_by.pop(source, None)
+        if self.degraded is not None and self.degraded_by:
+            self.degraded.reason = self._degraded_reason()
+        if set(self.degraded_by) == before_sources:
+            return []
+        now = when if when is not None else self.clock()
+        if self.degraded is None:
+            return self._fault("degraded", State.DEGRADED, self._degraded_reason(), now, restart_history=False)
+        if not self.degraded_by:
+            return self._fault_cleared("degraded", now, f"{source} no longer says so")
+        return [self._event("alarm_updated", now, self.state, self.degraded, f"DEGRADED: {self.degraded.reason}")]
+
+    def _degraded_reason(self) -> str:
+        return "; ".join(f"{source}: {reason}" for source, reason in sorted(self.degraded_by.items()))
+
     def go_offline(self, when: Optional[float] = None) -> List[Event]:
         before = self.state
         self.offline = True
@@ -248,7 +284,8 @@ class AlarmLogic:
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _fault(self, attr: str, kind: State, reason: str, when: Optional[float]) -> List[Event]:
+    def _fault(self, attr: str, kind: State, reason: str, when: Optional[float],
+               restart_history: bool = True) -> List[Event]:
         now = when if when is not None else self.clock()
         before = self.state
         current: Optional[Alarm] = getattr(self, attr)
@@ -257,9 +294,9 @@ class AlarmLogic:
             return []
         alarm = self._new_alarm(kind, now, reason)
         setattr(self, attr, alarm)
-        # Nothing is analysed during a fault: k-of-n restarts when frames come back.
-        self.history.clear()
-        self.clear_run = 0
+        if restart_history:  # nothing is analysed during a fault: k-of-n restarts when frames come back
+            self.history.clear()
+            self.clear_run = 0
         events = [self._event("alarm_raised", now, before, alarm, f"{kind.value}: {reason}")]
         return self._with_state_change(events, before, now)
 

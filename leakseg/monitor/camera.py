@@ -16,9 +16,11 @@ from typing import TYPE_CHECKING, Any, Deque, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from leakseg.monitor.alarm import STATE_CODES, AlarmLogic, Observation
+from leakseg.monitor.alarm import STATE_CODES, AlarmLogic, Event, Observation
 from leakseg.monitor.config import CameraConfig
+from leakseg.monitor.detectability import SOURCE as PICTURE, PictureCheck, PictureMetrics
 from leakseg.monitor.measure import camera_ignore_mask
+from leakseg.monitor.selftests import SelfTestStatus
 from leakseg.monitor.sources import SourceCallbacks
 from leakseg.monitor.windows import Frame, Window, WindowBuilder
 
@@ -48,6 +50,7 @@ class Camera(SourceCallbacks):
         self.index = index
         self.name = config.name
         self.logic = AlarmLogic(config.name, config.alarm)
+        self.picture = PictureCheck(config.detectability)  # can the camera see gas (DEGRADED)
         self.builder = WindowBuilder(config.name, config.clip_frames)
         self.ignore = camera_ignore_mask(config)  # image and zones; built per frame size on first use
         self.pending: Deque[Window] = deque()
@@ -67,6 +70,8 @@ class Camera(SourceCallbacks):
         # Set on the loop when the watchdog finds the stream stale; the source thread then starts a new window.
         self.stream_broke = threading.Event()
         self.busy_since: Optional[float] = None  # windows wait and none completed since (the progress watchdog)
+        # The scheduled self-test's outcome (leakseg.monitor.selftests updates it); "off" without a selftest block.
+        self.selftest = SelfTestStatus(status="never" if config.selftest is not None else "off")
 
     # -- called from the source thread -----------------------------------------------------------
 
@@ -196,6 +201,21 @@ class Camera(SourceCallbacks):
             self.monitor.emit(self.logic.service_failed(
                 f"no analysis completed for {waited:.0f} s while windows wait (limit {limit:g} s)"))
 
+    def judge_picture(self, metrics: Optional[PictureMetrics]) -> List[Event]:
+        """An analysed window's picture: the check's verdict goes to the alarm logic (nothing when not measured)."""
+        if metrics is None:
+            return []
+        learning = self.picture.reference is None
+        verdict = self.picture.judge(metrics)
+        if learning and self.picture.reference is not None:
+            log.info("%s: picture sharpness reference learned: %.6g (pin it with detectability -> "
+                     "sharpness_reference)", self.name, self.picture.reference)
+        return self.logic.set_degraded(PICTURE, verdict)
+
+    def relearn_picture(self) -> None:
+        """Learn the sharpness reference again from the next healthy windows (a cleaned lens, a re-aimed camera)."""
+        self.picture.relearn()
+
     def remember_peak(self, observed: List[Observation]) -> None:
         """The window's largest plume and highest score, for the snapshot (nothing when it reported no frame)."""
         if not observed:
@@ -231,6 +251,7 @@ class Camera(SourceCallbacks):
             "windows_dropped": self.counters.windows_dropped,
             "frames_dropped": self.counters.frames_dropped,
             **self._health_values(),
+            **self.selftest.values(),
             "time": time.time(),
         }
 
@@ -252,4 +273,6 @@ class Camera(SourceCallbacks):
             "service_ok": logic.service_fault is None,
             "camera_fault": logic.camera_fault.reason if logic.camera_fault else None,
             "service_fault": logic.service_fault.reason if logic.service_fault else None,
+            "degraded": logic.degraded is not None,
+            "degraded_reason": logic.degraded.reason if logic.degraded else None,
         }

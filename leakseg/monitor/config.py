@@ -63,6 +63,48 @@ class FaultSettings(StrictModel):
                                               "for this long: SERVICE_FAULT (default: service.timeout).")
 
 
+class DetectabilitySettings(StrictModel):
+    """When a camera that delivers frames is DEGRADED: it cannot see gas (fog, rain on the window, defocus,
+    an obstruction, no thermal contrast). Checked per analysed window on a few of its frames; docs/SCADA.md,
+    "DEGRADED: the camera cannot see gas". Contrast levels are the picture's robust spread (p99 - p1 of the
+    grey level) in the frame's own units: 8-bit frames are AGC-stretched by the camera, 16-bit frames are raw
+    counts, so each pixel type has its own."""
+
+    enabled: bool = Field(True, description="Check the picture of every analysed window (uint8 and uint16 frames).")
+    min_contrast_uint8: float = Field(20.0, ge=0, le=255, description="8-bit frames: a window fails 'low "
+                                      "contrast' when p99 - p1 is below this many grey levels (of 255).")
+    min_contrast_uint16: float = Field(200.0, ge=0, le=65535, description="16-bit frames: the same in counts "
+                                       "(of 65535).")
+    flat_contrast_uint8: float = Field(3.0, ge=0, le=255, description="8-bit frames: a window fails 'flat "
+                                       "picture' (a lens cap, a dead sensor, a blank feed) when p99 - p1 is at "
+                                       "most this many grey levels.")
+    flat_contrast_uint16: float = Field(30.0, ge=0, le=65535, description="16-bit frames: the same in counts.")
+    max_saturated_fraction: float = Field(0.2, gt=0, le=1, description="A window fails 'saturated' when more than "
+                                          "this fraction of its pixels sits at the pixel type's minimum or maximum.")
+    min_sharpness_ratio: float = Field(0.4, gt=0, lt=1, description="A window fails 'blurred' when its sharpness "
+                                       "(gain-free gradient energy) is below this fraction of the camera's reference.")
+    reference_windows: int = Field(5, ge=1, le=1000, description="The sharpness reference is the median of the "
+                                   "camera's first this many windows that pass the other checks (relearned after a "
+                                   "restart or a change of frame size).")
+    sharpness_reference: Optional[float] = Field(None, gt=0, description="A fixed sharpness reference (the value "
+                                                 "the monitor logs when it learns one) instead of learning it: for "
+                                                 "a camera that may start blind.")
+    bad_windows: int = Field(5, ge=1, le=1000, description="DEGRADED after this many failing windows in a row ...")
+    good_windows: int = Field(5, ge=1, le=1000, description="... and no longer after this many passing windows in a row.")
+
+    def contrast_levels(self, dtype: str) -> Tuple[float, float]:
+        """(flat, low) contrast levels for frames of ``dtype`` ("uint8" or "uint16")."""
+        return getattr(self, f"flat_contrast_{dtype}"), getattr(self, f"min_contrast_{dtype}")
+
+    @model_validator(mode="after")
+    def _flat_below_low(self) -> "DetectabilitySettings":
+        for dtype in ("uint8", "uint16"):
+            flat, low = self.contrast_levels(dtype)
+            if flat > low:
+                raise ValueError(f"flat_contrast_{dtype} ({flat:g}) must be <= min_contrast_{dtype} ({low:g})")
+        return self
+
+
 #: A pixel coordinate of the camera's frame; strict: "12" or true in the file is a typo, not a pixel.
 PixelCoordinate = Annotated[int, Field(ge=0, strict=True)]
 #: [x, y]: x to the right, y down, [0, 0] the top-left pixel.
@@ -112,6 +154,7 @@ class CameraConfig(StrictModel):
     options: Dict[str, Any] = Field(default_factory=dict, description="Service options (threshold, normalization, ...).")
     alarm: AlarmSettings = Field(default_factory=AlarmSettings)
     faults: FaultSettings = Field(default_factory=FaultSettings)
+    detectability: DetectabilitySettings = Field(default_factory=DetectabilitySettings)
     max_pending_windows: int = Field(1, ge=1, le=16, description="Windows waiting for the service per camera; "
                                      "more are dropped (oldest first) and counted.")
     modbus_base: Optional[int] = Field(None, ge=0, le=65000, description="First Modbus register of this camera "
@@ -255,6 +298,9 @@ class ModbusSink(StrictModel):
     port: int = Field(5020, ge=1, le=65535, description="502 needs root; 5020 by default.")
     device_id: int = Field(1, ge=0, le=247)
     heartbeat_seconds: float = Field(1.0, gt=0, description="The heartbeat register increments this often.")
+    selftest_offset: int = Field(4096, ge=16, le=65528, description="Each camera's 8 self-test registers start "
+                                 "at its base + this (docs/SCADA.md, Modbus); they must not overlap any "
+                                 "camera's 16 registers.")
 
 
 class Sinks(StrictModel):
@@ -290,11 +336,32 @@ class MonitorConfig(StrictModel):
                     raise ValueError(f"cameras '{other}' and '{cam.name}' overlap in the Modbus map "
                                      f"(bases {ob} and {base}; each camera uses 16 registers)")
             bases[cam.name] = base
+        if self.sinks.modbus is not None:
+            _selftest_blocks_fit(bases, self.sinks.modbus.selftest_offset)
         return self
 
     def modbus_base(self, index: int) -> int:
         cam = self.cameras[index]
         return cam.modbus_base if cam.modbus_base is not None else 16 * index
+
+
+#: Registers of a camera's block and of its self-test block (leakseg.monitor.sinks.modbus).
+CAMERA_REGISTERS, SELFTEST_REGISTERS = 16, 8
+
+
+def _selftest_blocks_fit(bases: Dict[str, int], offset: int) -> None:
+    """Every camera's self-test block (base + offset, 8 registers) lies in the 65536 addresses and overlaps no
+    camera's 16 registers (self-test blocks cannot overlap each other: their bases are 16 apart)."""
+    for name, base in bases.items():
+        start = base + offset
+        if start + SELFTEST_REGISTERS > 65536:
+            raise ValueError(f"camera '{name}': its Modbus self-test registers {start}..{start + 7} (base {base} + "
+                             f"sinks.modbus.selftest_offset {offset}) go past register 65535")
+        for other, other_base in bases.items():
+            if start < other_base + CAMERA_REGISTERS and other_base < start + SELFTEST_REGISTERS:
+                raise ValueError(f"camera '{name}': its Modbus self-test registers {start}..{start + 7} (base "
+                                 f"{base} + sinks.modbus.selftest_offset {offset}) overlap camera '{other}''s "
+                                 f"registers {other_base}..{other_base + 15}")
 
 
 # -- loading --------------------------------------------------------------------------------------

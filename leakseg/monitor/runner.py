@@ -16,6 +16,11 @@ service, an answer that does not fit what was sent, a bug) becomes SERVICE_FAULT
 and the next window follows after a wait that doubles while windows keep failing. A progress
 watchdog raises SERVICE_FAULT when windows wait and none completes for ``analysis_seconds``.
 
+Self-test: cameras with a ``selftest`` block are self-tested on their own gas-free frames by
+:class:`~leakseg.monitor.selftests.SelfTestScheduler` (a task on the loop, the self-test in a daemon thread),
+one at a time and on idle capacity only: each of its windows waits until no camera has a window waiting or
+in flight (:meth:`Monitor.analysis_busy`).
+
 A run has three steps: :meth:`Monitor._start` (sinks, signals, sources, workers), waiting for a
 stop, and :meth:`Monitor._drain` (publish OFFLINE first, then close everything within
 ``shutdown_seconds``).
@@ -39,6 +44,7 @@ from leakseg.monitor.config import MonitorConfig
 from leakseg.monitor.evidence import WindowEvidence
 from leakseg.monitor.measure import observations
 from leakseg.monitor.segmenters import Answer, Segmenter, segment_window
+from leakseg.monitor.selftests import SelfTestScheduler
 from leakseg.monitor.sources import backoff_delay, make_source
 from leakseg.monitor.status import draw_table, end_table
 from leakseg.monitor.windows import Window
@@ -69,7 +75,8 @@ class Monitor:
         self.event_listeners: List[Callable[[Event], None]] = []
         self._stopping: Optional[asyncio.Event] = None
         self._service_slots: Optional[asyncio.Semaphore] = None
-        self._tasks: List[asyncio.Task] = []  # the camera workers and the ticker
+        self._tasks: List[asyncio.Task] = []  # the camera workers, the ticker and the self-test scheduler
+        self.selftests: Optional[SelfTestScheduler] = None  # when a camera has a selftest block
         self.calls = DaemonCalls()  # service calls and evidence writes, off the loop
         self._signals: List[signal.Signals] = []
         self.started = threading.Event()
@@ -90,7 +97,7 @@ class Monitor:
             self._log(event)
             self._tell_listeners(event)
             for sink in self.sinks:
-                self._spawn(sink.publish_event(event), f"{sink.name} event")
+                self.spawn(sink.publish_event(event), f"{sink.name} event")
             if event.type in STATE_EVENTS:
                 self.publish_state(event.camera)
 
@@ -104,9 +111,10 @@ class Monitor:
     def publish_state(self, camera: str) -> None:
         snap = self.cameras[camera].snapshot()
         for sink in self.sinks:
-            self._spawn(sink.publish_state(snap), f"{sink.name} state")
+            self.spawn(sink.publish_state(snap), f"{sink.name} state")
 
-    def _spawn(self, coro, what: str) -> None:
+    def spawn(self, coro, what: str) -> None:
+        """Run a sink's coroutine on the loop; its failure is logged, never raised (a sink never stops the rest)."""
         task = asyncio.ensure_future(coro)
         task.add_done_callback(lambda t: self._sink_done(t, what))
 
@@ -129,6 +137,20 @@ class Monitor:
         events = self.cameras[camera].logic.acknowledge(alarm_id or None, by=by, comment=comment)
         self.emit(events)
         return len(events)
+
+    def request_selftest(self, camera: str) -> str:
+        """A self-test on demand (OPC UA method, MQTT ``selftest/run``; any thread): ``"requested"``, or
+        ``"running"`` when the camera's self-test already runs. KeyError: no such camera, or no selftest block."""
+        if self.selftests is None:
+            if camera not in self.cameras:
+                raise KeyError(f"no camera {camera!r}")
+            raise KeyError(f"camera {camera!r} has no selftest block in the configuration")
+        return self.selftests.request(camera)
+
+    def analysis_busy(self) -> bool:
+        """Some camera has a window waiting or in flight (read from the self-test's thread: a momentary view,
+        enough to let real windows go first)."""
+        return any(not camera.idle for camera in self.cameras.values())
 
     def request_stop(self) -> None:
         """Stop (thread-safe): publish the cameras offline, close everything within shutdown_seconds, return."""
@@ -156,6 +178,8 @@ class Monitor:
         self._bind_loop()
         for i, cam in enumerate(self.config.cameras):
             self.cameras[cam.name] = Camera(self, cam, i)
+        if any(cam.selftest is not None for cam in self.config.cameras):
+            self.selftests = SelfTestScheduler(self)
         await self._start_sinks()
         self._install_signals()
         self._start_sources()
@@ -163,6 +187,8 @@ class Monitor:
                  ", ".join(s.name for s in self.sinks) or "none")
         self._tasks = [asyncio.create_task(self._worker(c)) for c in self.cameras.values()]
         self._tasks.append(asyncio.create_task(self._ticker()))
+        if self.selftests is not None:
+            self._tasks.append(asyncio.create_task(self.selftests.run()))
         self.started.set()
 
     def _bind_loop(self) -> None:
@@ -269,7 +295,7 @@ class Monitor:
 
     def _report_status(self) -> None:
         for sink in self.sinks:
-            self._spawn(sink.heartbeat([c.snapshot() for c in self.cameras.values()]), f"{sink.name} heartbeat")
+            self.spawn(sink.heartbeat([c.snapshot() for c in self.cameras.values()]), f"{sink.name} heartbeat")
         if self.status_table:
             draw_table(c.snapshot() for c in self.cameras.values())
 
@@ -306,6 +332,7 @@ class Monitor:
             return self._window_failed(camera, window, error)
         camera.counters.windows_sent += 1
         self.emit(camera.logic.service_ok())
+        self.emit(camera.judge_picture(answer.picture))
         await self._analyse(camera, window, answer)
         return True
 
@@ -329,6 +356,8 @@ class Monitor:
                 evidence.note(event)  # before publishing: the events name their evidence folder
             self.emit(events)
         camera.remember_peak(observed)
+        if self.selftests is not None:
+            self.selftests.offer(camera, window, observed)
         for write in evidence.writes(window, result, self.config.evidence_keep):
             await self.calls.run(write)
         self.publish_state(camera.name)

@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from leakseg.monitor.config import CameraConfig
+from leakseg.monitor.detectability import PictureMetrics, measure_window
 from leakseg.monitor.windows import Window
 from leakseg.schema import ClipResult, RLEMask
 from leakseg.utils.rle import decode_rle
@@ -69,10 +70,12 @@ class InvalidAnswer(ValueError):
 
 @dataclass
 class Answer:
-    """A service answer checked against the window sent, and its masks (T x H x W bool), decoded once."""
+    """A service answer checked against the window sent, and its masks (T x H x W bool), decoded once; and the
+    window's picture (:mod:`leakseg.monitor.detectability`), measured here, off the loop (None: not checked)."""
 
     result: ClipResult
     masks: np.ndarray
+    picture: Optional[PictureMetrics] = None
 
 
 def segment_window(segmenter: Segmenter, camera: CameraConfig, window: Window) -> Tuple[Optional[Answer], Optional[str]]:
@@ -83,7 +86,9 @@ def segment_window(segmenter: Segmenter, camera: CameraConfig, window: Window) -
     try:
         clip = np.stack([f.pixels for f in window.frames])
         result = segmenter.segment(clip, camera.prompts, dict(camera.options))
-        return Answer(result, checked_masks(result, clip.shape[0], clip.shape[1:3])), None
+        masks = checked_masks(result, clip.shape[0], clip.shape[1:3])
+        picture = measure_window(clip) if camera.detectability.enabled else None
+        return Answer(result, masks, picture), None
     except InvalidAnswer as exc:
         return None, f"invalid answer: {exc}"
     except LeakSegError as exc:

@@ -3,11 +3,11 @@
 A plume is drawn exactly as the generator draws one (:func:`leakseg.synth.plume.plume_physics`: puffs on a
 gusty wind, a decaying jet, buoyancy, growth, warped and log-normal turbulence, puffing), with its
 source in the middle of a square working canvas and an emission window, so the gas appears, runs for
-the leak's duration, stops and clears. Its optical depth is scaled so that the typical peak while the
-leak runs is :data:`PEAK_OVER_THRESHOLD` times the visibility threshold, then resampled around the
-source position in the frame (:func:`leakseg.synth.fields.sample_bilinear`) with the one scale that
-makes the mean visible area while the leak runs the size asked for. Shape, texture and motion are the
-generator's; only the scale is chosen.
+the leak's duration, stops and clears, its strength (peak optical depth) drawn as the generator draws it.
+Of :data:`CANDIDATES` such plumes the one whose own size in the frame is nearest the size asked for is
+resampled around the source position in the frame (:func:`leakseg.synth.fields.sample_bilinear`) with the
+one scale that makes the mean visible area while the leak runs the size asked for. Shape, texture, motion
+and strength are the generator's; the scale is chosen, and stays near the plume's own.
 
 Blending follows the generator's radiative transfer: a pixel behind gas of optical depth ``tau``
 changes by ``contrast_local * (1 - exp(-tau))``. ``contrast_local`` is the spec's contrast with the
@@ -33,9 +33,8 @@ from leakseg.synth.camera import following_background
 from leakseg.synth.fields import sample_bilinear
 from leakseg.synth.plume import plume_density, plume_physics, scaled_density
 
-#: The optical depth's typical peak while the leak runs, in visibility thresholds (the generator draws
-#: 5-30 per clip; the self-test fixes it so that contrast alone sets how strongly the gas shows).
-PEAK_OVER_THRESHOLD = 10.0
+#: Candidate plumes drawn per injected plume; the one whose own size is nearest the size asked for is used.
+CANDIDATES = 8
 #: How much of the background's offset from its median the gas contrast gives up (the generator draws 0-0.6).
 COUPLING = 0.3
 #: The working canvas the plume is simulated on (square), and the view its physics are drawn for: the
@@ -83,28 +82,48 @@ def inject_plume(frames: np.ndarray, spec: PlumeSpec, start: int, visibility_thr
         raise ValueError(f"polarity must be one of {sorted(POLARITY_SIGN)}, got {spec.polarity!r}")
     frames = np.asarray(frames)
     window = (start, start + spec.duration_frames)
-    work = _working_density(spec.seed, window, len(frames), visibility_threshold)
-    density = _placed_to_size(work, window, spec, frames.shape[1:3], visibility_threshold)
+    work, natural = _natural_plume(spec, window, len(frames), frames.shape[1:3], visibility_threshold)
+    density = _placed_to_size(work, natural, window, spec, frames.shape[1:3], visibility_threshold)
     masks = density > visibility_threshold
     return Injected(frames=_blended(frames, density, spec), masks=masks, density=density,
                     measured_size_pixels=_mean_visible_area(masks, window))
 
 
+def _natural_plume(spec: PlumeSpec, window: Tuple[int, int], frames: int, size: Tuple[int, int],
+                   threshold: float) -> Tuple[np.ndarray, float]:
+    """Of :data:`CANDIDATES` plumes drawn with the generator's physics, the one whose own size in this frame
+    is nearest the size asked for (in log size), and the scale that gives it that own size.
+
+    A plume drawn for the working view looks in the frame like one drawn for the frame when magnified by
+    ``frame view / working view``. Choosing among natural sizes, instead of shrinking or blowing up one
+    plume, keeps what makes real plumes small or large: a small plume is a weak or quickly mixing one with
+    thin wisps, like the generator's small plumes, not a distant copy of a big one."""
+    view_scale = min(size) / WORK_VIEW
+    best = None
+    for k in range(CANDIDATES):
+        seed = int(np.random.SeedSequence([spec.seed, k]).generate_state(1)[0])
+        work = _working_density(seed, window, frames, threshold)
+        area = _mean_visible_area(work > threshold, window) * view_scale ** 2
+        miss = abs(math.log(max(area, 1e-3) / spec.size_pixels))
+        if best is None or miss < best[0]:
+            best = (miss, work, view_scale)
+    return best[1], best[2]
+
+
 def _working_density(seed: int, window: Tuple[int, int], frames: int, threshold: float) -> np.ndarray:
-    """The plume's optical depth on the working canvas (T x WORK_CANVAS x WORK_CANVAS), source in the middle."""
+    """The plume's optical depth on the working canvas (T x WORK_CANVAS x WORK_CANVAS), source in the middle,
+    its strength (peak optical depth over the threshold) drawn as the generator draws it."""
     rng = np.random.default_rng(seed)
     centre = WORK_CANVAS / 2
     physics = plume_physics(rng, (centre, centre, rng.uniform(0, 2 * math.pi)), (WORK_VIEW, WORK_VIEW))
-    physics["strength"] = PEAK_OVER_THRESHOLD
     raw = plume_density(rng, physics, window, frames, (WORK_CANVAS, WORK_CANVAS))
     return scaled_density(raw, window, physics, threshold)
 
 
-def _placed_to_size(work: np.ndarray, window, spec: PlumeSpec, size: Tuple[int, int], threshold: float) -> np.ndarray:
-    """The working plume resampled into the frame around the source, at the scale whose mean visible area
-    (in the frame, so a plume cut by the border is measured as seen) is the spec's size."""
-    area = _mean_visible_area(work > threshold, window)
-    scale = math.sqrt(spec.size_pixels / area) if area > 0 else 1.0
+def _placed_to_size(work: np.ndarray, scale: float, window, spec: PlumeSpec, size: Tuple[int, int],
+                    threshold: float) -> np.ndarray:
+    """The working plume resampled into the frame around the source, starting from ``scale``, at the scale
+    whose mean visible area (in the frame, so a plume cut by the border is measured as seen) is the spec's."""
     placed = _resampled(work, spec.position, size, scale)
     for _ in range(SCALE_STEPS):
         area = _mean_visible_area(placed > threshold, window)

@@ -161,7 +161,7 @@ def _cell_table(r: SelfTestResult) -> str:
 def _clean(r: SelfTestResult) -> str:
     c = r.clean
     rows = [("frames", c.frames), ("hours", f"{c.hours:.3f}"), ("LEAK alarms raised", c.false_alarms),
-            ("false alarms per hour", f"{c.false_alarms_per_hour:.2f}"),
+            ("false alarms per hour", f"{c.false_alarms_per_hour:.2f}" + _upper(c.false_alarms_per_hour_upper95)),
             ("false alarms per day", f"{24 * c.false_alarms_per_hour:.1f}"),
             ("frames counted as leak frames", f"{100 * c.leak_frame_fraction:.1f} %")]
     lead = ("<p>The background itself, without injected gas, run through the camera's production path: every "
@@ -402,6 +402,13 @@ def _seconds(s: Optional[float]) -> str:
 
 def _dash(value: Any) -> str:
     return "-" if value is None else str(value)
+
+
+def _upper(per_hour: Optional[float]) -> str:
+    """The rate's 95 % upper bound: what short footage can and cannot rule out."""
+    if per_hour is None:
+        return ""
+    return f" (at most {per_hour:.3g} per hour, {24 * per_hour:.3g} per day, with 95 % confidence)"
 
 
 def _hours(hours: float) -> str:

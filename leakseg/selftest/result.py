@@ -74,6 +74,8 @@ class CleanResult:
     false_alarms_per_hour: float
     leak_frame_fraction: float  # frames that counted as leak frames
     frames_seen: List[FrameSeen] = field(default_factory=list)
+    #: the rate's one-sided 95 % upper bound (Poisson): short footage with no false alarm proves little
+    false_alarms_per_hour_upper95: Optional[float] = None
 
 
 @dataclass

@@ -23,6 +23,7 @@ camera runs in production, judged by its own alarm rule (docs/SCADA.md, "Commiss
 from __future__ import annotations
 
 import itertools
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ from leakseg.selftest.trials import (SelfTestError, SelfTestStopped, Seen, alarm
                                      replay)
 from leakseg.synth.clip import VISIBILITY_THRESHOLD
 
-__all__ = ["SelfTestError", "SelfTestStopped", "run_selftest", "ping_pong", "clean_result"]
+__all__ = ["SelfTestError", "SelfTestStopped", "run_selftest", "ping_pong", "clean_result", "poisson_upper"]
 
 Progress = Callable[[int, int], None]
 ShouldStop = Callable[[], bool]
@@ -116,10 +117,29 @@ def clean_result(seen: Sequence[Seen], camera: CameraConfig, fps: float) -> Clea
     """The camera's alarm rule over its analysed gas-free frames: every LEAK raised is a false alarm."""
     alarms = alarm_replay([obs for obs, _ in seen], camera.alarm)
     hours = len(seen) / fps / 3600
-    return CleanResult(frames=len(seen), hours=hours, false_alarms=len(alarms.raised),
-                       false_alarms_per_hour=len(alarms.raised) / hours if hours else 0.0,
+    raised = len(alarms.raised)
+    return CleanResult(frames=len(seen), hours=hours, false_alarms=raised,
+                       false_alarms_per_hour=raised / hours if hours else 0.0,
                        leak_frame_fraction=alarms.leak_frames / len(seen) if seen else 0.0,
-                       frames_seen=[FrameSeen(obs.area_pixels, obs.score, 0) for obs, _ in seen])
+                       frames_seen=[FrameSeen(obs.area_pixels, obs.score, 0) for obs, _ in seen],
+                       false_alarms_per_hour_upper95=poisson_upper(raised) / hours if hours else None)
+
+
+def poisson_upper(count: int, confidence: float = 0.95) -> float:
+    """The one-sided upper confidence bound of a Poisson mean after ``count`` events (3.0 for none: the rule
+    of three), by bisection on the Poisson CDF."""
+    def cdf(mean: float) -> float:
+        term = total = math.exp(-mean)
+        for k in range(1, count + 1):
+            term *= mean / k
+            total += term
+        return total
+
+    low, high = float(count), float(count) + 10.0 * math.sqrt(count + 1) + 10.0
+    for _ in range(100):
+        mid = (low + high) / 2
+        low, high = (mid, high) if cdf(mid) > 1 - confidence else (low, mid)
+    return high
 
 
 def ping_pong(count: int, offset: int, length: int) -> np.ndarray:

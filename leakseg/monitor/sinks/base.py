@@ -36,6 +36,10 @@ class Sink:
     async def publish_state(self, snapshot: Dict[str, Any]) -> None:
         """A camera's current values (after every analysed window and every event)."""
 
+    async def publish_selftest(self, camera: str, summary: Dict[str, Any]) -> None:
+        """A camera's self-test status changed (waiting, running, its outcome): ``summary`` is
+        :meth:`leakseg.monitor.selftests.SelfTestStatus.to_dict`."""
+
     async def heartbeat(self, snapshots: List[Dict[str, Any]]) -> None:
         """Every ``status_interval`` seconds, all cameras."""
 

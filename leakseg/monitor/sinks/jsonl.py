@@ -1,7 +1,9 @@
 """A JSON lines event log on disk, rotated by size: nothing is lost while a SCADA link is down.
 
-One JSON object per line, flushed at once. ``path`` rotates to ``path.1`` (and ``path.1`` to
-``path.2`` ...) when it reaches ``max_bytes``; ``backups`` files are kept.
+One JSON object per line, flushed at once: the monitor's start and stop, every event, a ``selftest`` line
+per status change of a camera's self-test, sink health changes (and every state with ``states``). ``path``
+rotates to ``path.1`` (and ``path.1`` to ``path.2`` ...) when it reaches ``max_bytes``; ``backups`` files
+are kept.
 
 The disk can fail (a rotation target in the way, the folder removed, the disk full): then the lines wait in
 memory (at most MAX_PENDING_LINES; beyond it the oldest are dropped and counted) and every later line and
@@ -107,6 +109,11 @@ class JsonlLog(Sink):
     async def publish_state(self, snapshot: Dict[str, Any]) -> None:
         if self.config.states:
             self.write({"type": "state", **snapshot})
+
+    async def publish_selftest(self, camera: str, summary: Dict[str, Any]) -> None:
+        """A line per status change of a camera's self-test (waiting, running, its outcome or why it could not
+        run): ``{"type": "selftest", "time": now, "camera": ..., "selftest": summary}``."""
+        self.write({"type": "selftest", "time": time.time(), "camera": camera, "selftest": summary})
 
     async def heartbeat(self, snapshots) -> None:
         self._flush()  # retry a failed disk even when no event comes

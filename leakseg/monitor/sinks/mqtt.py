@@ -4,19 +4,27 @@ Topics (PREFIX is ``topic_prefix``, default ``leakseg``), all QoS ``qos`` (defau
 
 * ``PREFIX/status``          retained ``online`` / ``offline`` (also the last will, so a crashed
   monitor or a broken link reads ``offline``);
-* ``PREFIX/CAMERA/state``    retained JSON: state, leak_active, areas, score, centroid, counters
-  (the fields of docs/SCADA.md); ``"state": "OFFLINE"`` after a clean stop;
+* ``PREFIX/CAMERA/state``    retained JSON: state, leak_active, areas, score, centroid, counters, health
+  (``degraded``, ``degraded_reason`` among them: the fields of docs/SCADA.md); ``"state": "OFFLINE"`` after
+  a clean stop;
 * ``PREFIX/CAMERA/event``    JSON events: alarm_raised, alarm_updated, alarm_cleared,
   alarm_acknowledged, state_changed (not retained);
 * ``PREFIX/CAMERA/ack``      subscribed: publish ``{"alarm_id": "...", "by": "name", "comment": "..."}``
   (``"alarm_id": "all"``: every unacknowledged alarm of the camera) to acknowledge. Retained acks are
   ignored (the broker would replay them at every reconnect, acknowledging alarms nobody saw);
+* ``PREFIX/CAMERA/selftest`` retained JSON: the camera's self-test (status never/waiting/running/passed/failed/
+  error, the last verdict: time, passed, probability of detection at the reference plume, detection limit,
+  false alarms per day, reason, report folder) whenever its status changes;
+* ``PREFIX/CAMERA/selftest/run`` subscribed: any non-retained message asks for the camera's self-test now
+  (the payload is not read); the answer is the ``selftest`` topic going to waiting or running. Retained
+  requests (replayed at every reconnect) and unknown cameras are refused and logged;
 * ``PREFIX/sink_health``     retained JSON: every sink's delivery counters (events queued and dropped ...).
 
-While the broker is unreachable nothing is handed to paho: states are not queued (the last one per camera is
-republished once the link is back), events wait in a queue of ``event_queue`` (the oldest are dropped beyond
-it, counted in ``sink_health``; the JSON lines log keeps everything). TLS (``tls``: ca_certs, certfile,
-keyfile) and credentials (``username``, ``password_env``) are configurable.
+While the broker is unreachable nothing is handed to paho: retained messages (states, self-tests) are not
+queued (the last one per topic is republished once the link is back), events wait in a queue of
+``event_queue`` (the oldest are dropped beyond it, counted in ``sink_health``; the JSON lines log keeps
+everything). TLS (``tls``: ca_certs, certfile, keyfile) and credentials (``username``, ``password_env``) are
+configurable.
 """
 
 from __future__ import annotations
@@ -50,10 +58,11 @@ class MqttPublisher(Sink):
         self.client = None
         self.monitor = None
         self.events: Deque[Tuple[str, str]] = deque()  # (topic, payload) not yet handed to paho, oldest first
-        self.states: Dict[str, str] = {}  # camera -> its latest state payload
-        self.unsent_states: set = set()  # cameras whose latest state the broker does not have yet
+        self.retained: Dict[str, str] = {}  # topic -> its latest retained payload (states, self-tests)
+        self.unsent: set = set()  # topics whose latest retained payload the broker does not have yet
         self.events_dropped = 0
         self.acks_refused = 0
+        self.requests_refused = 0  # self-test requests
         self._relink = False  # set by paho's thread on (re)connection; the loop then resends the states
         self._health_sent: Optional[str] = None
 
@@ -97,6 +106,7 @@ class MqttPublisher(Sink):
         log.info("MQTT connected to %s:%d", self.config.host, self.config.port)
         client.publish(self.topic("status"), "online", qos=self.config.qos, retain=True)
         client.subscribe(self.topic("+", "ack"), qos=self.config.qos)
+        client.subscribe(self.topic("+", "selftest", "run"), qos=self.config.qos)
         self._relink = True
         self._wake_loop()
 
@@ -111,7 +121,21 @@ class MqttPublisher(Sink):
             log.warning("MQTT link to %s:%d lost (%s); paho reconnects", self.config.host, self.config.port, reason_code)
 
     def _on_message(self, client, userdata, message) -> None:
-        camera = message.topic.split("/")[-2] if message.topic.count("/") >= 1 else ""
+        camera, _, command = message.topic[len(self.prefix) + 1:].partition("/")  # camera names hold no "/"
+        if command == "selftest/run":
+            self._on_selftest_request(camera, message)
+        else:
+            self._on_ack(camera, message)
+
+    def _on_selftest_request(self, camera: str, message) -> None:
+        if message.retain:
+            self.requests_refused += 1
+            log.warning("MQTT self-test request on %s refused: retained requests are ignored (publish with "
+                        "retain=0)", message.topic)
+            return
+        self.monitor.call(self._request_selftest, camera)
+
+    def _on_ack(self, camera: str, message) -> None:
         if message.retain:
             self._refuse_ack(message.topic, "retained acks are ignored (publish acks with retain=0)")
             return
@@ -148,6 +172,15 @@ class MqttPublisher(Sink):
         except KeyError as exc:
             log.warning("MQTT ack ignored: %s", exc.args[0])
 
+    def _request_selftest(self, camera: str) -> None:
+        try:
+            answer = self.monitor.request_selftest(camera)
+        except KeyError as exc:
+            self.requests_refused += 1
+            log.warning("MQTT self-test request ignored: %s", exc.args[0])
+            return
+        log.info("MQTT: self-test of %s %s", camera, "already running" if answer == "running" else "requested")
+
     def _encode(self, payload: Dict[str, Any]) -> str:
         return json.dumps(payload, default=str, separators=(",", ":"))
 
@@ -167,12 +200,12 @@ class MqttPublisher(Sink):
             return
         if self._relink:
             self._relink = False
-            self.unsent_states.update(self.states)
+            self.unsent.update(self.retained)
             self._publish_health(force=True)
-        for camera in list(self.unsent_states):
-            if not self._hand_to_paho(self.topic(camera, "state"), self.states[camera], retain=True):
+        for topic in list(self.unsent):
+            if not self._hand_to_paho(topic, self.retained[topic], retain=True):
                 return
-            self.unsent_states.discard(camera)
+            self.unsent.discard(topic)
         while self.events and self._hand_to_paho(*self.events[0], retain=False):
             self.events.popleft()
 
@@ -187,9 +220,15 @@ class MqttPublisher(Sink):
         self._send_pending()
 
     async def publish_state(self, snapshot: Dict[str, Any]) -> None:
-        # Retained: only the latest matters, so a state is never queued while the link is down.
-        self.states[snapshot["camera"]] = self._encode(snapshot)
-        self.unsent_states.add(snapshot["camera"])
+        self._retain(self.topic(snapshot["camera"], "state"), snapshot)
+
+    async def publish_selftest(self, camera: str, summary: Dict[str, Any]) -> None:
+        self._retain(self.topic(camera, "selftest"), summary)
+
+    def _retain(self, topic: str, payload: Dict[str, Any]) -> None:
+        """Retained: only the latest matters, so it is never queued while the link is down."""
+        self.retained[topic] = self._encode(payload)
+        self.unsent.add(topic)
         self._send_pending()
 
     async def heartbeat(self, snapshots) -> None:
@@ -199,7 +238,7 @@ class MqttPublisher(Sink):
 
     def health(self) -> Dict[str, Any]:
         return {"connected": self._linked(), "events_queued": len(self.events), "events_dropped": self.events_dropped,
-                "acks_refused": self.acks_refused}
+                "acks_refused": self.acks_refused, "requests_refused": self.requests_refused}
 
     def _publish_health(self, force: bool = False) -> None:
         """Retained PREFIX/sink_health, when a counter changed (connected/queued change with every outage)."""

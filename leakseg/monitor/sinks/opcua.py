@@ -7,8 +7,8 @@ Address space (namespace ``namespace``, default ``urn:leakseg:monitor``)::
         Status            String   "online" / "offline"
         SinkHealth        String   JSON: every sink's delivery counters (MQTT events dropped ...)
         <camera>/                           (one object per camera; an event notifier)
-          State             String   NORMAL | LEAK | CAMERA_FAULT | SERVICE_FAULT | OFFLINE
-          StateCode         Int32    0 | 1 | 2 | 3 | 4
+          State             String   NORMAL | LEAK | CAMERA_FAULT | SERVICE_FAULT | OFFLINE | DEGRADED
+          StateCode         Int32    0 | 1 | 2 | 3 | 4 | 5
           LeakActive        Boolean
           LeakAreaPixels    Int32    largest plume of the last window, outside the ignore mask
           LeakAreaFraction  Double   0..1
@@ -20,13 +20,23 @@ Address space (namespace ``namespace``, default ``urn:leakseg:monitor``)::
           CameraHealthy     Boolean
           ServiceHealthy    Boolean
           FaultReason       String
+          Degraded          Boolean  the camera cannot see gas (DEGRADED, also under a LEAK or a fault)
+          DegradedReason    String   why, per source ("" when not degraded)
           AlarmId           String   active LEAK alarm ("" when none)
           AlarmAcknowledged Boolean
+          SelfTestStatus    String   off | never | waiting | running | passed | failed | error
+          SelfTestTime      DateTime when the last completed self-test finished (UTC; null: never)
+          SelfTestPassed    Boolean  its probability of detection at the reference plume reached the target
+          PodAtReference    Double   that probability, 0..1 (-1: no self-test yet)
+          DetectionLimitPixels Int32 smallest plume detected with the target probability (-1: none, or never)
+          SelfTestReason    String   why it passed or failed, why it could not run, or what it waits for
           Acknowledge(AlarmId: String, Comment: String) -> Int32   (alarms acknowledged; "all" = all)
+          RunSelfTest() -> String   "requested", or "running" when it already runs (BadNotSupported: the
+                                    camera has no selftest block)
 
 Every variable is read-only for every client. Events are of type ``LeakSegAlarmType`` (a
 subtype of AlarmConditionType) emitted by the camera object, with the standard fields
-(Message, Severity, SourceName, ConditionName = LEAK/CAMERA_FAULT/SERVICE_FAULT, ActiveState,
+(Message, Severity, SourceName, ConditionName = LEAK/CAMERA_FAULT/SERVICE_FAULT/DEGRADED, ActiveState,
 AckedState, Retain) and AlarmId, Camera, Transition (raised/updated/cleared/acknowledged),
 AreaPixels, AreaFraction, CentroidX, CentroidY, Evidence.
 
@@ -34,7 +44,7 @@ Security: ``security_policies`` (None, Basic256Sha256_Sign, Basic256Sha256_SignA
 last two need ``certificate`` and ``private_key``), ``users`` (username/password, passwords from
 environment variables; an empty password never logs in, and a user whose variable is set but empty stops
 the server's start), ``allow_anonymous`` (anonymous sessions browse, read and subscribe;
-they call Acknowledge only with ``anonymous_can_acknowledge``). Nobody writes.
+they call Acknowledge and RunSelfTest only with ``anonymous_can_acknowledge``). Nobody writes.
 """
 
 from __future__ import annotations
@@ -68,9 +78,23 @@ VARIABLES = {
     "CameraHealthy": ("Boolean", True),
     "ServiceHealthy": ("Boolean", True),
     "FaultReason": ("String", ""),
+    "Degraded": ("Boolean", False),
+    "DegradedReason": ("String", ""),
     "AlarmId": ("String", ""),
     "AlarmAcknowledged": ("Boolean", True),
 }
+
+#: The self-test's variables (name -> (variant type name, initial value)), written from its summary
+#: (:meth:`OpcUaServer.publish_selftest`); "off" until the monitor's self-test scheduler says otherwise.
+SELFTEST_VARIABLES = {
+    "SelfTestStatus": ("String", "off"),
+    "SelfTestTime": ("DateTime", None),
+    "SelfTestPassed": ("Boolean", False),
+    "PodAtReference": ("Double", -1.0),
+    "DetectionLimitPixels": ("Int32", -1),
+    "SelfTestReason": ("String", ""),
+}
+VARIANT_TYPES = {name: kind for name, (kind, _) in {**VARIABLES, **SELFTEST_VARIABLES}.items()}
 
 EVENT_FIELDS = [("AlarmId", "String"), ("Camera", "String"), ("Transition", "String"), ("AreaPixels", "Int32"),
                 ("AreaFraction", "Double"), ("CentroidX", "Double"), ("CentroidY", "Double"), ("Evidence", "String")]
@@ -87,15 +111,33 @@ def _values(snapshot: Dict[str, Any]) -> Dict[str, Any]:
         "HighestScore": float(snapshot["score"]),
         "CentroidX": float(snapshot["centroid_x"]) if snapshot.get("centroid_x") is not None else -1.0,
         "CentroidY": float(snapshot["centroid_y"]) if snapshot.get("centroid_y") is not None else -1.0,
-        "LastFrameTime": dt.datetime.fromtimestamp(t, dt.timezone.utc) if t else None,
+        "LastFrameTime": _utc(t),
         "FramesAnalysed": int(snapshot["frames_analysed"]),
         "WindowsDropped": int(snapshot["windows_dropped"]),
         "CameraHealthy": bool(snapshot["camera_ok"]),
         "ServiceHealthy": bool(snapshot["service_ok"]),
         "FaultReason": snapshot.get("camera_fault") or snapshot.get("service_fault") or "",
+        "Degraded": bool(snapshot["degraded"]),
+        "DegradedReason": snapshot.get("degraded_reason") or "",
         "AlarmId": snapshot.get("alarm_id") or "",
         "AlarmAcknowledged": bool(snapshot["acknowledged"]),
     }
+
+
+def _selftest_values(summary: Dict[str, Any]) -> Dict[str, Any]:
+    t, pod, limit = summary.get("time"), summary.get("probability_at_reference"), summary.get("detection_limit_pixels")
+    return {
+        "SelfTestStatus": summary["status"],
+        "SelfTestTime": _utc(t),
+        "SelfTestPassed": bool(summary.get("passed")),
+        "PodAtReference": float(pod) if pod is not None else -1.0,
+        "DetectionLimitPixels": int(min(limit, 2**31 - 1)) if limit is not None else -1,
+        "SelfTestReason": summary.get("reason") or "",
+    }
+
+
+def _utc(t: Any) -> Any:
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc) if t else None
 
 
 class OpcUaServer(Sink):
@@ -171,10 +213,11 @@ class OpcUaServer(Sink):
         obj = await root.add_object(idx, name)
         await obj.write_attribute(ua.AttributeIds.EventNotifier, ua.DataValue(ua.Variant(1, ua.VariantType.Byte)))
         nodes = {}
-        for var, (kind, initial) in VARIABLES.items():
+        for var, (kind, initial) in {**VARIABLES, **SELFTEST_VARIABLES}.items():
             nodes[var] = await obj.add_variable(idx, var, initial, varianttype=vt[kind])
         await obj.add_method(idx, "Acknowledge", self._acknowledge_method(name),
                              [vt["String"], vt["String"]], [vt["Int32"]])
+        await obj.add_method(idx, "RunSelfTest", self._run_selftest_method(name), [], [vt["String"]])
         self.nodes[name] = nodes
         self.objects[name] = obj
         self.generators[name] = await server.get_event_generator(etype, obj)
@@ -190,22 +233,41 @@ class OpcUaServer(Sink):
                 text = ack_text(text, "Comment", MAX_COMMENT)
                 count = self.monitor.acknowledge(camera, alarm, by="opcua", comment=text)
             except (KeyError, ValueError) as exc:
-                raise ua.UaStatusCodeError(ua.StatusCodes.BadInvalidArgument) from exc
+                return _refused(ua.StatusCodes.BadInvalidArgument, f"Acknowledge on {camera}", exc)
             return [ua.Variant(count, ua.VariantType.Int32)]
 
         return acknowledge
 
+    def _run_selftest_method(self, camera: str):
+        from asyncua import ua
+
+        async def run_selftest(parent):
+            try:
+                answer = self.monitor.request_selftest(camera)
+            except KeyError as exc:
+                return _refused(ua.StatusCodes.BadNotSupported, f"RunSelfTest on {camera}", exc)
+            log.info("OPC UA: self-test of %s %s", camera, "already running" if answer == "running" else "requested")
+            return [ua.Variant(answer, ua.VariantType.String)]
+
+        return run_selftest
+
     async def publish_state(self, snapshot: Dict[str, Any]) -> None:
+        await self._write(snapshot["camera"], _values(snapshot))
+
+    async def publish_selftest(self, camera: str, summary: Dict[str, Any]) -> None:
+        await self._write(camera, _selftest_values(summary))
+
+    async def _write(self, camera: str, values: Dict[str, Any]) -> None:
+        """The camera's variables, written whole and in order (None leaves a value as it is)."""
         if self.server is None:
             return
         from asyncua import ua
 
-        nodes = self.nodes.get(snapshot["camera"])
-        async with self._state_lock:  # snapshots are written whole and in order
-            for name, value in _values(snapshot).items():
-                if value is None:
-                    continue
-                await nodes[name].write_value(ua.Variant(value, self._vt[VARIABLES[name][0]]))
+        nodes = self.nodes.get(camera)
+        async with self._state_lock:
+            for name, value in values.items():
+                if value is not None:
+                    await nodes[name].write_value(ua.Variant(value, self._vt[VARIANT_TYPES[name]]))
 
     async def publish_event(self, event) -> None:
         if self.server is None or event.alarm is None:
@@ -257,6 +319,15 @@ class OpcUaServer(Sink):
         for camera in self.monitor.cameras.values():
             await self.publish_state(camera.snapshot())
         await self.status.write_value("offline")
+
+
+def _refused(code: int, what: str, exc: Exception):
+    """A method call refused with its own status code (asyncua answers an exception raised in a method with
+    BadUnexpectedError, whatever it is)."""
+    from asyncua import ua
+
+    log.warning("OPC UA %s refused: %s", what, exc)
+    return ua.StatusCode(code)
 
 
 def empty_passwords(config: OpcUaSink) -> List[str]:
