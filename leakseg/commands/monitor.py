@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import threading
 from pathlib import Path
 
 log = logging.getLogger("leakseg.monitor")
@@ -102,44 +101,13 @@ def first_frame(cam, patience: float = 5.0):
     """The camera's first frame, read by the monitor's own source (a drop folder, a video file, a stream).
 
     Nothing is deleted or paced; FrameUnavailable after the source's open timeout plus ``patience`` seconds."""
-    from leakseg.monitor.sources import make_source
+    from leakseg.monitor.sources import read_frames
 
     once = cam.model_copy(update={"delete_after_read": False, "loop": False, "realtime": False})
-    catch = _FirstFrame()
-    stop = threading.Event()
-    source = make_source(once, catch, stop)
-    source.start()
-    catch.done.wait(cam.faults.open_timeout + patience)
-    stop.set()
-    source.join(timeout=patience)
-    if catch.pixels is None:
-        raise FrameUnavailable(catch.reason or f"no frame within {cam.faults.open_timeout + patience:g} s")
-    return catch.pixels
-
-
-class _FirstFrame:
-    """Source callbacks that keep the first frame, or why there is none, and say when either is known."""
-
-    def __init__(self):
-        self.pixels = None
-        self.reason = None
-        self.done = threading.Event()
-
-    def frame(self, pixels, pts) -> None:
-        if self.pixels is None:
-            self.pixels = pixels
-        self.done.set()
-
-    def fault(self, reason: str) -> None:
-        self.reason = self.reason or reason
-        self.done.set()
-
-    def recovered(self) -> None:
-        pass
-
-    def ended(self) -> None:
-        self.reason = self.reason or "the source ended without a frame"
-        self.done.set()
+    read = read_frames(once, 1, cam.faults.open_timeout + patience)
+    if not read.frames:
+        raise FrameUnavailable(read.fault or "the source ended without a frame")
+    return read.frames[0]
 
 
 def _passwords_set(config) -> bool:

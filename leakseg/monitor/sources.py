@@ -28,6 +28,7 @@ import hashlib
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -285,3 +286,67 @@ def read_dropped_frame(path: Path) -> np.ndarray:
 def make_source(camera: CameraConfig, callbacks: SourceCallbacks, stop: threading.Event) -> Source:
     cls: Callable[..., Source] = FolderSource if camera.kind == "folder" else StreamSource
     return cls(camera, callbacks, stop)
+
+
+@dataclass
+class FramesRead:
+    """What :func:`read_frames` got: the frames, their stream timestamps, and the fault that ended it (if any)."""
+
+    frames: List[np.ndarray]
+    stamps: List[Optional[float]]
+    fault: Optional[str] = None
+
+
+def read_frames(camera: CameraConfig, limit: int, stall_seconds: float) -> FramesRead:
+    """Read up to ``limit`` analysed frames of ``camera`` with the monitor's own source (decoding, decimation,
+    drop-folder order), outside the monitor: for `monitor --draw-zones` and the self-test's background.
+
+    It ends at ``limit`` frames, at the source's end, at a fault, or after ``stall_seconds`` without a frame
+    (then a fault too). Pass a camera that reads once and deletes nothing (``loop``/``delete_after_read`` off)."""
+    collector = _Collector(limit)
+    stop = threading.Event()
+    source = make_source(camera, collector, stop)
+    source.start()
+    try:
+        collector.wait(stall_seconds)
+    finally:
+        stop.set()
+        source.join(timeout=5.0)
+    return FramesRead(collector.frames, collector.stamps, collector.fault_reason)
+
+
+class _Collector(SourceCallbacks):
+    """Source callbacks that keep the first ``limit`` frames and say when to stop: enough frames, the
+    source's end, or a fault (its reason kept)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.frames: List[np.ndarray] = []
+        self.stamps: List[Optional[float]] = []
+        self.fault_reason: Optional[str] = None
+        self.last = time.monotonic()
+        self.done = threading.Event()
+
+    def frame(self, pixels: np.ndarray, pts: Optional[float]) -> None:
+        if not self.done.is_set():  # nothing after a fault or the limit: the stretch ends there
+            self.frames.append(pixels)
+            self.stamps.append(pts)
+            self.last = time.monotonic()
+        if len(self.frames) >= self.limit:
+            self.done.set()
+
+    def fault(self, reason: str) -> None:
+        self.fault_reason = self.fault_reason or reason
+        self.done.set()
+
+    def recovered(self) -> None:
+        pass
+
+    def ended(self) -> None:
+        self.done.set()
+
+    def wait(self, stall_seconds: float) -> None:
+        """Until done; a source that gives no frame for ``stall_seconds`` is a fault."""
+        while not self.done.wait(0.1):
+            if time.monotonic() - self.last > stall_seconds:
+                self.fault(f"no frame for {stall_seconds:g} s")

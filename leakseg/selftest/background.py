@@ -25,8 +25,6 @@ error that names the frame.
 from __future__ import annotations
 
 import re
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -189,56 +187,11 @@ def _camera_reading(camera: CameraConfig, source: str) -> CameraConfig:
 
 
 def _collect(camera: CameraConfig, limit: int) -> Tuple[List[np.ndarray], list]:
-    """Run the monitor's source for ``camera`` until ``limit`` frames, its end, a fault, or no frame for as
-    long as the monitor itself would wait before calling the camera lost."""
-    from leakseg.monitor.sources import make_source
+    """The monitor's source for ``camera`` until ``limit`` frames, its end, a fault, or no frame for as long as
+    the monitor itself would wait before calling the camera lost."""
+    from leakseg.monitor.sources import read_frames
 
-    collector = _Collector(limit)
-    stop = threading.Event()
-    source = make_source(camera, collector, stop)
-    source.start()
-    try:
-        collector.wait(camera.faults.open_timeout + camera.faults.stale_seconds)
-    finally:
-        stop.set()
-        source.join(timeout=5.0)
-    if collector.fault_reason:
-        raise BackgroundError(f"camera {camera.name}: {collector.fault_reason} (after {len(collector.frames)} frames)")
-    return collector.frames, collector.stamps
-
-
-class _Collector:
-    """Source callbacks that keep the first ``limit`` frames and say when to stop: enough frames, the
-    source's end, or a fault (its reason kept)."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.frames: List[np.ndarray] = []
-        self.stamps: List[Optional[float]] = []
-        self.fault_reason: Optional[str] = None
-        self.last = time.monotonic()
-        self.done = threading.Event()
-
-    def frame(self, pixels: np.ndarray, pts: Optional[float]) -> None:
-        if not self.done.is_set():  # nothing after a fault or the limit: the stretch ends there
-            self.frames.append(pixels)
-            self.stamps.append(pts)
-            self.last = time.monotonic()
-        if len(self.frames) >= self.limit:
-            self.done.set()
-
-    def fault(self, reason: str) -> None:
-        self.fault_reason = self.fault_reason or reason
-        self.done.set()
-
-    def recovered(self) -> None:
-        pass
-
-    def ended(self) -> None:
-        self.done.set()
-
-    def wait(self, stall_seconds: float) -> None:
-        """Until done; a source that gives no frame for ``stall_seconds`` is a fault."""
-        while not self.done.wait(0.1):
-            if time.monotonic() - self.last > stall_seconds:
-                self.fault(f"no frame for {stall_seconds:g} s")
+    read = read_frames(camera, limit, camera.faults.open_timeout + camera.faults.stale_seconds)
+    if read.fault:
+        raise BackgroundError(f"camera {camera.name}: {read.fault} (after {len(read.frames)} frames)")
+    return read.frames, read.stamps
