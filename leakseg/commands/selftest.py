@@ -21,11 +21,11 @@ that may hold a real plume, by index among the frames gathered (0-20,150-170: bo
 longest stretch left is used, so no window spans a gap. Every trial needs lead + duration + tail frames.
 
 grid and target: the camera's `selftest:` block in the configuration when it has one, else the defaults
-(3 sizes x 3 contrasts x 2 polarities x 1 duration x 2 positions = 36 trials of 40 frames: about 250
-windows of 8 frames, plus the clean frames). Measured with the default model at 320 x 240 on 2 busy CPU
-cores: --quick (about 33 windows) took 2 minutes, so the default grid takes about a quarter of an hour
-there; a GPU is much faster. --grid FILE.yaml or --quick (4 trials: 1000 and 3000 px at contrast 40,
-brighter and darker, one position) replace the grid, and the target flags override the target.
+(3 sizes x 3 contrasts x 2 polarities x 1 duration x 2 positions = 36 trials of 42 frames, plus the clean
+frames: about 1,600 frames through the model). Measured with the default model at 320 x 240 on 2 CPU cores:
+9.7 CPU-minutes (about 5 minutes on idle cores); a GPU is much faster. --grid FILE.yaml or --quick (4 trials:
+1000 and 3000 px at contrast 40, brighter and darker, one position) replace the grid, and the target flags
+override the target.
 
 writes (into --out, default selftest-CAMERA-DATE): selftest.json (every number, SelfTestResult),
 report.html (one self-contained page for an auditor: PoD heat maps, tables, overlays of detected and
