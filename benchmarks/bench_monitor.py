@@ -34,7 +34,6 @@ import sys
 import tempfile
 import threading
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -70,13 +69,10 @@ def make_segmenter(args, work: Path):
         return ServiceSegmenter(args.url, args.model, args.key_file, "LEAKSEG_TOKEN", 300, args.cameras + 2)
     archive = args.archive
     if archive is None:
-        from leakseg.export.exporter import ExportOptions, export_archive
+        from support.models import export_default_archive
 
         print("exporting the bundled default model ...", flush=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            archive = export_archive(ExportOptions(checkpoint=REPO / "model_store" / "jvlgs-default", name="jvlgs",
-                                                   output_dir=work / "store"))
+        archive = export_default_archive(work / "store")
     return ArchiveSegmenter(str(archive))
 
 

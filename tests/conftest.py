@@ -90,15 +90,10 @@ def torchscript_archive(family_archive) -> Path:
 
 @pytest.fixture(scope="session")
 def default_archive(tmp_path_factory) -> Path:
-    """The bundled default model (model_store/jvlgs-default) exported exactly as `make demo` exports it: ONNX,
-    the checkpoint's own post-processing defaults. Exported once per session."""
-    from leakseg.export.exporter import ExportOptions, export_archive
+    """The bundled default model exported exactly as `make demo` exports it, once per session."""
+    from support.models import export_default_archive
 
-    checkpoint = Path(__file__).resolve().parents[1] / "model_store" / "jvlgs-default"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return export_archive(ExportOptions(checkpoint=checkpoint, name="jvlgs",
-                                            output_dir=tmp_path_factory.mktemp("default_store")))
+    return export_default_archive(tmp_path_factory.mktemp("default_store"))
 
 
 @pytest.fixture(scope="session")

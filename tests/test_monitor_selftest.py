@@ -38,7 +38,7 @@ from leakseg.selftest.settings import SelfTestSchedule
 from leakseg.selftest.trials import SelfTestStopped
 from support.monitor_fixtures import Mosquitto, MqttRecorder, free_port, retained, until
 from support.monitor_media import leak_and_twin
-from support.monitor_runs import drop
+from support.monitor_runs import RecordingSegmenter, drop
 
 # -- BackgroundBuffer ----------------------------------------------------------------------------------
 
@@ -190,30 +190,6 @@ LONG = {**PASSING, "grid": {**PASSING["grid"], "positions": 8}}
 INITIAL_FRAMES = 22  # three windows of 8 at once: the background (8 frames) is full after the second
 SECONDS_PER_FRAME = 1.0  # then a live camera: a window of 6 new frames every 6 s leaves idle capacity
 SELFTEST_BASE = 4096  # camera 0's self-test registers (sinks.modbus.selftest_offset)
-
-
-class RecordingSegmenter(Segmenter):
-    """The default model, one clip at a time (as in process), recording each call: who called (the monitor's
-    windows run in threads named monitor-segment_window, the self-test in monitor-_selftest), when it asked,
-    when it got the model and when it was done."""
-
-    def __init__(self, inner: Segmenter):
-        self.inner = inner
-        self.name = inner.name
-        self.lock = threading.Lock()
-        self.calls: List[tuple] = []
-
-    def segment(self, clip, prompts, options):
-        asked = time.monotonic()
-        with self.lock:
-            began = time.monotonic()
-            try:
-                return self.inner.segment(clip, prompts, options)
-            finally:
-                self.calls.append((threading.current_thread().name, asked, began, time.monotonic()))
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 class Feeder(threading.Thread):
@@ -478,14 +454,13 @@ def test_live_analysis_goes_on_during_a_selftest_and_never_waits_for_more_than_o
     assert running and max(running) > min(running), "no real window was analysed while a self-test ran"
 
     calls = story.segmenter.calls
-    real = [c for c in calls if c[0].startswith("monitor-segment_window")]
-    selftest = [c for c in calls if c[0].startswith("monitor-_selftest")]
+    real, selftest = story.segmenter.by("monitor-segment_window"), story.segmenter.by("monitor-_selftest")
     assert real and selftest and len(real) + len(selftest) == len(calls)
-    for _, asked, began, _ in real:
-        ahead = [c for c in selftest if asked <= c[2] < began]  # self-test windows that went first
-        assert len(ahead) <= 1, (asked, began, ahead)
-    inference = max(end - began for _, _, began, end in selftest)
-    longest_wait = max(began - asked for _, asked, began, _ in real)
+    for call in real:
+        ahead = [c for c in selftest if call.asked <= c.began < call.began]  # self-test windows that went first
+        assert len(ahead) <= 1, (call, ahead)
+    inference = max(c.done - c.began for c in selftest)
+    longest_wait = max(c.began - c.asked for c in real)
     assert longest_wait <= 2 * inference + 0.5, (longest_wait, inference)
     print(f"\nreal windows {len(real)}, self-test windows {len(selftest)}, longest self-test window "
           f"{inference:.2f} s, longest wait of a real window {longest_wait:.2f} s")

@@ -40,3 +40,16 @@ def write_authors_checkpoint(path: Path, family: str = "jvlgs") -> Path:
             text_model = randomise_(build_text_model(model.config.text_model), seed=1)
     torch.save(to_authors_state_dict(model, text_model, prefix="module."), path)
     return path
+
+
+def export_default_archive(output_dir: Path) -> Path:
+    """The bundled default model (model_store/jvlgs-default) exported exactly as `make demo` exports it: ONNX,
+    the checkpoint's own post-processing defaults (the tests' `default_archive`, the benchmarks' model)."""
+    import warnings
+
+    from leakseg.export.exporter import ExportOptions, export_archive
+
+    checkpoint = Path(__file__).resolve().parents[2] / "model_store" / "jvlgs-default"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return export_archive(ExportOptions(checkpoint=checkpoint, name="jvlgs", output_dir=output_dir))

@@ -4,16 +4,17 @@ drop folders written the way a producer should write them."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, NamedTuple
 
 import numpy as np
 from PIL import Image
 
 from leakseg.monitor.config import parse_config
 from leakseg.monitor.runner import Monitor
-from leakseg.monitor.segmenters import ServiceSegmenter
+from leakseg.monitor.segmenters import Segmenter, ServiceSegmenter
 from support.fake_service import FakeService
 from support.monitor_fixtures import running, until
 
@@ -85,3 +86,40 @@ class Recorded:
 
 def folder_camera(folder: Path, **kw) -> Dict:
     return {"name": "cam", "source": str(folder), "clip_frames": 4, "faults": {"stale_seconds": 3600}, **kw}
+
+
+class ModelCall(NamedTuple):
+    """One clip through :class:`RecordingSegmenter`: who asked (the monitor's windows run in threads named
+    monitor-segment_window, its self-test in monitor-_selftest), when it asked, got the model and was done."""
+
+    thread: str
+    asked: float
+    began: float
+    done: float
+    frames: int
+
+
+class RecordingSegmenter(Segmenter):
+    """A model, one clip at a time (as in process), recording every call (:class:`ModelCall`)."""
+
+    def __init__(self, inner: Segmenter):
+        self.inner = inner
+        self.name = inner.name
+        self.lock = threading.Lock()  # one clip at a time: a window's wait for the model is real
+        self.calls: List[ModelCall] = []
+
+    def segment(self, clip, prompts, options):
+        asked = time.monotonic()
+        with self.lock:
+            began = time.monotonic()
+            try:
+                return self.inner.segment(clip, prompts, options)
+            finally:
+                self.calls.append(ModelCall(threading.current_thread().name, asked, began, time.monotonic(),
+                                            len(clip)))
+
+    def by(self, thread_prefix: str) -> List[ModelCall]:
+        return [c for c in self.calls if c.thread.startswith(thread_prefix)]
+
+    def close(self) -> None:
+        self.inner.close()
