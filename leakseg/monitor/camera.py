@@ -19,6 +19,7 @@ import numpy as np
 from leakseg.monitor.alarm import STATE_CODES, AlarmLogic, Event, Observation
 from leakseg.monitor.config import CameraConfig
 from leakseg.monitor.detectability import SOURCE as PICTURE, PictureCheck, PictureMetrics
+from leakseg.monitor.gate import ChangeEnergy, ChangeGate, GateDecision
 from leakseg.monitor.measure import camera_ignore_mask
 from leakseg.monitor.selftests import SelfTestStatus
 from leakseg.monitor.sources import SourceCallbacks
@@ -39,6 +40,8 @@ class Counters:
     windows_dropped: int = 0  # under backpressure
     frames_dropped: int = 0  # reported frames of dropped or failed windows; held frames lost at a fault or the end
     windows_failed: int = 0  # the service failed on them
+    windows_skipped: int = 0  # judged still by the change gate: not sent to the model
+    frames_skipped: int = 0  # their reported frames (clear frames for the alarm logic, counted in frames_analysed)
 
 
 class Camera(SourceCallbacks):
@@ -51,6 +54,7 @@ class Camera(SourceCallbacks):
         self.name = config.name
         self.logic = AlarmLogic(config.name, config.alarm)
         self.picture = PictureCheck(config.detectability)  # can the camera see gas (DEGRADED)
+        self.gate = ChangeGate(config.change_gate) if config.change_gate.enabled else None  # still: skip the model
         self.builder = WindowBuilder(config.name, config.clip_frames)
         self.ignore = camera_ignore_mask(config)  # image and zones; built per frame size on first use
         self.pending: Deque[Window] = deque()
@@ -212,6 +216,15 @@ class Camera(SourceCallbacks):
                      "sharpness_reference)", self.name, self.picture.reference)
         return self.logic.set_degraded(PICTURE, verdict)
 
+    def judge_change(self, energy: Optional[ChangeEnergy]) -> GateDecision:
+        """The change gate's decision on the next window (on the loop, after the previous window's observations);
+        its learned noise floor is logged once."""
+        learning = self.gate.learning
+        decision = self.gate.decide(energy, self.logic)
+        if learning and not self.gate.learning:
+            log.info("%s: change gate noise floor learned: %s", self.name, self.gate.describe_floor())
+        return decision
+
     def relearn_picture(self) -> None:
         """Learn the sharpness reference again from the next healthy windows (a cleaned lens, a re-aimed camera)."""
         self.picture.relearn()
@@ -250,6 +263,8 @@ class Camera(SourceCallbacks):
             "windows_sent": self.counters.windows_sent,
             "windows_dropped": self.counters.windows_dropped,
             "frames_dropped": self.counters.frames_dropped,
+            "windows_skipped": self.counters.windows_skipped,
+            "frames_skipped": self.counters.frames_skipped,
             **self._health_values(),
             **self.selftest.values(),
             "time": time.time(),

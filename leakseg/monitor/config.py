@@ -105,6 +105,30 @@ class DetectabilitySettings(StrictModel):
         return self
 
 
+class ChangeGateSettings(StrictModel):
+    """Skip the model on windows in which nothing moves (docs/SCADA.md, "Change gate: still scenes skip the
+    model"). A plant scene is mostly still and gas always moves: a window whose temporal difference energies
+    (frame to frame, and against the picture the model last analysed) stay, in every block, within ``factor`` x
+    the camera's own measured noise floors is judged gas-free without the model. Off by default: turn it on for a camera once its self-test with the gate on shows the same
+    probability of detection as with it off (`leakseg selftest`)."""
+
+    enabled: bool = Field(False, description="Skip the model on still windows (off by default: prove it on the "
+                          "camera with `leakseg selftest`, gate on vs off, before turning it on).")
+    factor: float = Field(3.0, ge=1.0, le=100.0, description="A window is still when no block's motion "
+                          "(frame to frame) or drift (against the picture the model last analysed) energy exceeds "
+                          "this many times that block's noise floor (plus half a quantisation step squared); lower "
+                          "is more careful.")
+    block_pixels: int = Field(16, ge=4, le=256, description="Blocks of this many x this many pixels are judged "
+                              "on their own, so a small plume is not diluted by a still frame.")
+    learn_windows: int = Field(10, ge=3, le=1000, description="The noise floor of each block is the median energy "
+                               "of the camera's first this many windows (analysed, with one more for the drift "
+                               "floor), learned again at a new frame size; afterwards it follows the scene down, "
+                               "never up.")
+    max_skipped_windows: int = Field(5, ge=1, le=1000, description="After this many skipped windows in a row the "
+                                     "next one is analysed anyway (a failing model is still noticed, a slowly "
+                                     "creeping plume still seen).")
+
+
 #: A pixel coordinate of the camera's frame; strict: "12" or true in the file is a typo, not a pixel.
 PixelCoordinate = Annotated[int, Field(ge=0, strict=True)]
 #: [x, y]: x to the right, y down, [0, 0] the top-left pixel.
@@ -155,6 +179,7 @@ class CameraConfig(StrictModel):
     alarm: AlarmSettings = Field(default_factory=AlarmSettings)
     faults: FaultSettings = Field(default_factory=FaultSettings)
     detectability: DetectabilitySettings = Field(default_factory=DetectabilitySettings)
+    change_gate: ChangeGateSettings = Field(default_factory=ChangeGateSettings)
     max_pending_windows: int = Field(1, ge=1, le=16, description="Windows waiting for the service per camera; "
                                      "more are dropped (oldest first) and counted.")
     modbus_base: Optional[int] = Field(None, ge=0, le=65000, description="First Modbus register of this camera "

@@ -79,9 +79,9 @@ def _measure_frame(pixels: np.ndarray) -> Tuple[float, float, float]:
     """(spread, sharpness, saturated fraction) of one frame, on a sparse grid of pixels and their neighbours."""
     height, width = pixels.shape[:2]
     step = max(1, math.ceil(math.sqrt(height * width / SAMPLED_PIXELS)))
-    here = _grey(pixels[0:height - 1:step, 0:width - 1:step])
-    right = _grey(pixels[0:height - 1:step, 1:width:step])
-    below = _grey(pixels[1:height:step, 0:width - 1:step])
+    here = grey_levels(pixels[0:height - 1:step, 0:width - 1:step])
+    right = grey_levels(pixels[0:height - 1:step, 1:width:step])
+    below = grey_levels(pixels[1:height:step, 0:width - 1:step])
     low, high = np.percentile(here, [1, 99])
     spread = float(high - low)
     energy = float(np.mean((right - here) ** 2) + np.mean((below - here) ** 2))
@@ -91,7 +91,7 @@ def _measure_frame(pixels: np.ndarray) -> Tuple[float, float, float]:
     return spread, sharpness, saturated
 
 
-def _grey(pixels: np.ndarray) -> np.ndarray:
+def grey_levels(pixels: np.ndarray) -> np.ndarray:
     """float32 grey level: an RGB pixel is the mean of its channels (at an extreme only when all three are)."""
     if pixels.ndim == 3:
         return pixels.mean(axis=2, dtype=np.float32)

@@ -16,6 +16,10 @@ service, an answer that does not fit what was sent, a bug) becomes SERVICE_FAULT
 and the next window follows after a wait that doubles while windows keep failing. A progress
 watchdog raises SERVICE_FAULT when windows wait and none completes for ``analysis_seconds``.
 
+Change gate: a camera with ``change_gate`` on measures each window in a worker thread first
+(:mod:`leakseg.monitor.gate`); a still window is not sent to the model, its frames reach the alarm logic as
+clear frames, and it is counted (``windows_skipped``, ``frames_skipped``).
+
 Self-test: cameras with a ``selftest`` block are self-tested on their own gas-free frames by
 :class:`~leakseg.monitor.selftests.SelfTestScheduler` (a task on the loop, the self-test in a daemon thread),
 one at a time and on idle capacity only: each of its windows waits until no camera has a window waiting or
@@ -36,12 +40,14 @@ import threading
 import time
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from leakseg.monitor.alarm import Event
+from leakseg.monitor.alarm import Event, Observation
 from leakseg.monitor.camera import Camera
 from leakseg.monitor.config import MonitorConfig
+from leakseg.monitor.detectability import PictureMetrics, measure_window
 from leakseg.monitor.evidence import WindowEvidence
+from leakseg.monitor.gate import ChangeEnergy, still_observations
 from leakseg.monitor.measure import observations
 from leakseg.monitor.segmenters import Answer, Segmenter, segment_window
 from leakseg.monitor.selftests import SelfTestScheduler
@@ -325,7 +331,10 @@ class Monitor:
                 await asyncio.sleep(backoff_delay(failures - 1, retry, 4 * retry))
 
     async def _segment_and_analyse(self, camera: Camera, window: Window) -> bool:
-        """True when the window was analysed; False when it failed (a service fault)."""
+        """True when the window was analysed (or judged still by the change gate); False when it failed (a
+        service fault)."""
+        if camera.gate is not None and await self._skipped_as_still(camera, window):
+            return True
         async with self._service_slots:
             answer, error = await self.calls.run(segment_window, self.segmenter, camera.config, window)
         if error is not None:
@@ -334,6 +343,23 @@ class Monitor:
         self.emit(camera.logic.service_ok())
         self.emit(camera.judge_picture(answer.picture))
         await self._analyse(camera, window, answer)
+        return True
+
+    async def _skipped_as_still(self, camera: Camera, window: Window) -> bool:
+        """The change gate (leakseg.monitor.gate): a still window is not sent to the model; its reported frames
+        reach the alarm logic (and the self-test's background) as clear frames, and its picture is still judged,
+        so DEGRADED comes as soon as without the gate. Measured in a worker thread, decided on the loop."""
+        energy, picture = await self.calls.run(_measure_for_gate, camera, window)
+        decision = camera.judge_change(energy)
+        log.debug("%s: window %d %s: %s", camera.name, window.number, "skipped" if decision.skip else "analysed",
+                  decision.reason)
+        if not decision.skip:
+            return False
+        camera.counters.windows_skipped += 1
+        camera.counters.frames_skipped += window.final
+        self.emit(camera.judge_picture(picture))
+        self._observe(camera, window, still_observations(window))
+        self.publish_state(camera.name)
         return True
 
     def _window_failed(self, camera: Camera, window: Window, reason: str) -> bool:
@@ -350,21 +376,37 @@ class Monitor:
             self.emit(camera.logic.camera_failed(str(exc)))
             return
         evidence = WindowEvidence(Path(self.config.evidence_dir), camera.logic, self._active_alarm_ids())
-        for observation in observed:
-            events = camera.logic.observe(observation)
-            for event in events:
-                evidence.note(event)  # before publishing: the events name their evidence folder
-            self.emit(events)
-        camera.remember_peak(observed)
-        if self.selftests is not None:
-            self.selftests.offer(camera, window, observed)
+        self._observe(camera, window, observed, evidence.note)  # noted before publishing: events name their folder
         for write in evidence.writes(window, result, self.config.evidence_keep):
             await self.calls.run(write)
         self.publish_state(camera.name)
 
+    def _observe(self, camera: Camera, window: Window, observed: List[Observation],
+                 note: Optional[Callable[[Event], None]] = None) -> None:
+        """A window's observations through the camera's alarm logic (each event noted, then published), its
+        peak for the snapshot, and the self-test's background."""
+        for observation in observed:
+            events = camera.logic.observe(observation)
+            for event in events if note is not None else ():
+                note(event)
+            self.emit(events)
+        camera.remember_peak(observed)
+        if camera.gate is not None:
+            camera.gate.note(observed)
+        if self.selftests is not None:
+            self.selftests.offer(camera, window, observed)
+
     def _active_alarm_ids(self) -> "frozenset[str]":
         """The LEAK alarms still active on any camera: their evidence folders are never pruned."""
         return frozenset(c.logic.leak.id for c in self.cameras.values() if c.logic.leak is not None)
+
+
+def _measure_for_gate(camera: Camera, window: Window) -> Tuple[Optional[ChangeEnergy], Optional[PictureMetrics]]:
+    """In a worker thread: the window's change energy for the gate, and its picture (judged even when the
+    window is skipped)."""
+    frames = [f.pixels for f in window.frames]
+    picture = measure_window(frames) if camera.config.detectability.enabled else None
+    return camera.gate.measure(window), picture
 
 
 class DaemonCalls:

@@ -51,6 +51,7 @@ class TrialResult:
     time_to_clear_s: Optional[float] = None  # from the last frame with visible gas to clear_frame
     alarm_before_gas: bool = False  # LEAK raised in the lead frames: the background itself alarms
     frames: List[FrameSeen] = field(default_factory=list)
+    windows_skipped: int = 0  # windows the camera's change gate judged still (not sent to the model)
 
 
 @dataclass
@@ -76,6 +77,7 @@ class CleanResult:
     frames_seen: List[FrameSeen] = field(default_factory=list)
     #: the rate's one-sided 95 % upper bound (Poisson): short footage with no false alarm proves little
     false_alarms_per_hour_upper95: Optional[float] = None
+    windows_skipped: int = 0  # windows the camera's change gate judged still (not sent to the model)
 
 
 @dataclass

@@ -3,6 +3,8 @@ camera runs in production, judged by its own alarm rule (docs/SCADA.md, "Commiss
 
 1. The clean replay: every background frame through the production path (:func:`~leakseg.selftest.trials.replay`)
    and the camera's alarm rule: its false alarms per hour (:class:`~leakseg.selftest.result.CleanResult`).
+   A camera with its change gate on runs it here as in production: the gate learns its noise floors on the
+   clean replay's windows and judges every trial with them (the windows it skipped are counted).
 2. One trial per grid cell and source position: ``lead_frames`` of background, the leak emitting for the cell's
    duration, ``tail_frames`` in which it clears (:func:`~leakseg.selftest.inject.inject_plume`), plus the
    two frames the next window would bring, so every trial frame gets the triplet it gets mid-stream. A
@@ -32,6 +34,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from leakseg.monitor.config import CameraConfig
+from leakseg.monitor.gate import ChangeGate
 from leakseg.monitor.measure import camera_ignore_mask
 from leakseg.monitor.segmenters import Segmenter
 from leakseg.monitor.windows import WindowBuilder
@@ -63,6 +66,7 @@ class _Context:
     target: SelfTestTarget
     fps: float
     should_stop: Optional[ShouldStop]
+    gate: Optional[ChangeGate] = None  # the camera's change gate, its floors learned on the clean replay
 
 
 def run_selftest(frames: np.ndarray, camera: CameraConfig, segmenter: Segmenter, grid: PlumeGrid,
@@ -76,9 +80,12 @@ def run_selftest(frames: np.ndarray, camera: CameraConfig, segmenter: Segmenter,
     at the frame where the plume is largest (the smallest plumes detected, the largest missed)."""
     background = _checked(frames)
     ignore = camera_ignore_mask(camera)
-    ctx = _Context(camera, segmenter, ignore, grid, target, fps or camera.analysis_fps or 1.0, should_stop)
+    gate = ChangeGate(camera.change_gate) if camera.change_gate.enabled else None
+    ctx = _Context(camera, segmenter, ignore, grid, target, fps or camera.analysis_fps or 1.0, should_stop, gate)
     started = time.time()
-    clean = clean_result(replay(background, camera, segmenter, ignore, should_stop, keep_masks=False), camera, ctx.fps)
+    seen, skipped = _replayed(ctx, background, keep_masks=False)
+    clean = clean_result(seen, camera, ctx.fps, windows_skipped=skipped)
+    ctx.gate = _settled(gate)
     positions = source_positions(_ignored(ignore, background.shape[1:3]), background.shape[1:3], grid.positions,
                                  grid.seed)
     examples = _Examples(keep_examples)
@@ -93,6 +100,24 @@ def run_selftest(frames: np.ndarray, camera: CameraConfig, segmenter: Segmenter,
     result = _summary(ctx, background, trials, clean, started)
     result.recommendation = recommend(result, camera.alarm, target)
     return SelfTestRun(result, examples.chosen())
+
+
+def _replayed(ctx: _Context, frames: np.ndarray, keep_masks: bool = True) -> Tuple[List[Seen], int]:
+    """The production path over ``frames`` (with the camera's change gate when it is on), and how many windows
+    the gate skipped."""
+    before = ctx.gate.windows_skipped if ctx.gate is not None else 0
+    seen = replay(frames, ctx.camera, ctx.segmenter, ctx.ignore, ctx.should_stop, keep_masks, ctx.gate)
+    return seen, (ctx.gate.windows_skipped - before if ctx.gate is not None else 0)
+
+
+def _settled(gate: Optional[ChangeGate]) -> Optional[ChangeGate]:
+    """The gate with its floors learned on the clean replay, to judge the trials (never learning from their
+    plumes). A background too short to measure a floor: no gate, as production analyses every window while
+    the gate learns."""
+    if gate is None:
+        return None
+    gate.settle()
+    return None if gate.learning else gate
 
 
 def _checked(frames: np.ndarray) -> np.ndarray:
@@ -113,8 +138,9 @@ def _ignored(ignore: Optional[IgnoreMask], size: Tuple[int, int]) -> Optional[np
         raise SelfTestError(str(exc)) from exc
 
 
-def clean_result(seen: Sequence[Seen], camera: CameraConfig, fps: float) -> CleanResult:
-    """The camera's alarm rule over its analysed gas-free frames: every LEAK raised is a false alarm."""
+def clean_result(seen: Sequence[Seen], camera: CameraConfig, fps: float, windows_skipped: int = 0) -> CleanResult:
+    """The camera's alarm rule over its analysed gas-free frames: every LEAK raised is a false alarm.
+    ``windows_skipped``: how many of their windows the change gate skipped."""
     alarms = alarm_replay([obs for obs, _ in seen], camera.alarm)
     hours = len(seen) / fps / 3600
     raised = len(alarms.raised)
@@ -122,7 +148,8 @@ def clean_result(seen: Sequence[Seen], camera: CameraConfig, fps: float) -> Clea
                        false_alarms_per_hour=raised / hours if hours else 0.0,
                        leak_frame_fraction=alarms.leak_frames / len(seen) if seen else 0.0,
                        frames_seen=[FrameSeen(obs.area_pixels, obs.score, 0) for obs, _ in seen],
-                       false_alarms_per_hour_upper95=poisson_upper(raised) / hours if hours else None)
+                       false_alarms_per_hour_upper95=poisson_upper(raised) / hours if hours else None,
+                       windows_skipped=windows_skipped)
 
 
 def poisson_upper(count: int, confidence: float = 0.95) -> float:
@@ -166,7 +193,8 @@ def _trial(ctx: _Context, background: np.ndarray, cell: Cell, position: Tuple[in
     stream = background[ping_pong(len(background), offset, length + WindowBuilder.OVERLAP)]
     spec = PlumeSpec(cell.size_pixels, cell.contrast, cell.polarity, cell.duration_frames, position, seed)
     injected = inject_plume(stream, spec, grid.lead_frames, VISIBILITY_THRESHOLD)
-    seen = replay(injected.frames, ctx.camera, ctx.segmenter, ctx.ignore, ctx.should_stop)[:length]
+    seen, skipped = _replayed(ctx, injected.frames)
+    seen = seen[:length]
     true_area = injected.masks[:length].reshape(length, -1).sum(axis=1)
     gas = np.flatnonzero(true_area)
     gas_first = int(gas[0]) if len(gas) else grid.lead_frames
@@ -179,7 +207,8 @@ def _trial(ctx: _Context, background: np.ndarray, cell: Cell, position: Tuple[in
         detected=outcome.detected, alarm_frame=outcome.alarm_frame, clear_frame=outcome.clear_frame,
         time_to_alarm_s=_seconds(outcome.alarm_frame, gas_first, ctx.fps),
         time_to_clear_s=_seconds(outcome.clear_frame, gas_last, ctx.fps), alarm_before_gas=outcome.alarm_before_gas,
-        frames=[FrameSeen(obs.area_pixels, obs.score, int(a)) for (obs, _), a in zip(seen, true_area)])
+        frames=[FrameSeen(obs.area_pixels, obs.score, int(a)) for (obs, _), a in zip(seen, true_area)],
+        windows_skipped=skipped)
     return trial, injected, seen
 
 
@@ -237,7 +266,8 @@ def _settings(ctx: _Context) -> Dict:
     return {"grid": ctx.grid.model_dump(), "target": ctx.target.model_dump(), "alarm": camera.alarm.model_dump(),
             "options": dict(camera.options), "prompts": camera.prompts, "clip_frames": camera.clip_frames,
             "reference_contrast": detection.reference_contrast(ctx.grid.contrasts, ctx.target),
-            "ignore": ctx.ignore is not None, "visibility_threshold": VISIBILITY_THRESHOLD}
+            "ignore": ctx.ignore is not None, "visibility_threshold": VISIBILITY_THRESHOLD,
+            "change_gate": {**camera.change_gate.model_dump(), "applied": ctx.gate is not None}}
 
 
 def _reason(result: SelfTestResult, ctx: _Context) -> str:

@@ -6,17 +6,22 @@ overlapping by 2, flushed at the end), :func:`~leakseg.monitor.segmenters.segmen
 prompts and options) and :func:`~leakseg.monitor.measure.observations` (its ignore mask and zones).
 :func:`alarm_replay` runs a fresh :class:`~leakseg.monitor.alarm.AlarmLogic` over the observations:
 never the live camera's, whose state the self-test must not touch.
+
+A camera with its change gate on (``change_gate.enabled``) is replayed with it, as production runs it
+(:mod:`leakseg.monitor.gate`): each window is measured, the gate decides with the replay's own alarm logic
+(the same safety rules), and a skipped window's frames are clear observations (their masks empty).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from leakseg.monitor.alarm import AlarmLogic, Observation
 from leakseg.monitor.config import AlarmSettings, CameraConfig
+from leakseg.monitor.gate import ChangeGate, still_observations
 from leakseg.monitor.measure import observations
 from leakseg.monitor.segmenters import Segmenter, segment_window
 from leakseg.monitor.windows import Frame, Window, WindowBuilder
@@ -41,20 +46,57 @@ class SelfTestStopped(RuntimeError):
 
 
 def replay(frames: Sequence[np.ndarray], camera: CameraConfig, segmenter: Segmenter, ignore: Optional[IgnoreMask],
-           should_stop: Optional[Callable[[], bool]] = None, keep_masks: bool = True) -> List[Seen]:
+           should_stop: Optional[Callable[[], bool]] = None, keep_masks: bool = True,
+           gate: Optional[ChangeGate] = None) -> List[Seen]:
     """Every reported frame of ``frames`` as the camera analyses it, in order. Frame ``i`` has seq ``i`` and
     time ``i`` (the alarm rule counts frames, not seconds). ``should_stop`` is asked before each window.
-    ``keep_masks`` False leaves the masks out (None): a long clean background would not fit in memory."""
-    builder = WindowBuilder(camera.name, camera.clip_frames)
+    ``keep_masks`` False leaves the masks out (None): a long clean background would not fit in memory.
+    ``gate``: the camera's change gate (None: off); its floors carry over from one replay to the next (the
+    self-test learns them on the clean background), its run starts again with each replay."""
+    logic = _gated_logic(camera, gate)
     seen: List[Seen] = []
+    for window in _windows(frames, camera):
+        if gate is not None and gate.decide(gate.measure(window), logic).skip:
+            window_seen = _still(window, keep_masks)
+        else:
+            window_seen = _analysed(window, camera, segmenter, ignore, should_stop, keep_masks)
+        if gate is not None:
+            _tell(gate, logic, [obs for obs, _ in window_seen])
+        seen += window_seen
+    return seen
+
+
+def _windows(frames: Sequence[np.ndarray], camera: CameraConfig) -> Iterator[Window]:
+    """The camera's windows over ``frames`` (``clip_frames``, overlapping by 2), the last one flushed."""
+    builder = WindowBuilder(camera.name, camera.clip_frames)
     for i, pixels in enumerate(frames):
         window = builder.push(Frame(seq=i, pixels=pixels, arrived=float(i)))
         if window is not None:
-            seen += _analysed(window, camera, segmenter, ignore, should_stop, keep_masks)
+            yield window
     last = builder.flush()
     if last is not None:
-        seen += _analysed(last, camera, segmenter, ignore, should_stop, keep_masks)
-    return seen
+        yield last
+
+
+def _gated_logic(camera: CameraConfig, gate: Optional[ChangeGate]) -> Optional[AlarmLogic]:
+    """The alarm logic the gate's safety rules read during a gated replay (a fresh one: never the camera's)."""
+    if gate is None:
+        return None
+    gate.restart()
+    return AlarmLogic(camera.name, camera.alarm, clock=lambda: 0.0)
+
+
+def _tell(gate: ChangeGate, logic: AlarmLogic, observed: List[Observation]) -> None:
+    """A window's observations to the replay's alarm logic and to the gate, as the monitor gives them."""
+    for obs in observed:
+        logic.observe(obs)
+    gate.note(observed)
+
+
+def _still(window: Window, keep_masks: bool) -> List[Seen]:
+    """A window the gate skipped: clear frames, empty masks."""
+    empty = np.zeros(window.frames[0].pixels.shape[:2], dtype=bool) if keep_masks else None
+    return [(obs, empty) for obs in still_observations(window)]
 
 
 def _analysed(window: Window, camera: CameraConfig, segmenter: Segmenter, ignore: Optional[IgnoreMask],

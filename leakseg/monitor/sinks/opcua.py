@@ -17,6 +17,8 @@ Address space (namespace ``namespace``, default ``urn:leakseg:monitor``)::
           LastFrameTime     DateTime  when the last frame arrived (UTC)
           FramesAnalysed    Int64
           WindowsDropped    Int64
+          WindowsSkipped    Int64    still windows the change gate did not send to the model
+          FramesSkipped     Int64    their reported frames (judged clear without the model)
           CameraHealthy     Boolean
           ServiceHealthy    Boolean
           FaultReason       String
@@ -75,6 +77,8 @@ VARIABLES = {
     "LastFrameTime": ("DateTime", None),
     "FramesAnalysed": ("Int64", 0),
     "WindowsDropped": ("Int64", 0),
+    "WindowsSkipped": ("Int64", 0),
+    "FramesSkipped": ("Int64", 0),
     "CameraHealthy": ("Boolean", True),
     "ServiceHealthy": ("Boolean", True),
     "FaultReason": ("String", ""),
@@ -114,6 +118,8 @@ def _values(snapshot: Dict[str, Any]) -> Dict[str, Any]:
         "LastFrameTime": _utc(t),
         "FramesAnalysed": int(snapshot["frames_analysed"]),
         "WindowsDropped": int(snapshot["windows_dropped"]),
+        "WindowsSkipped": int(snapshot["windows_skipped"]),
+        "FramesSkipped": int(snapshot["frames_skipped"]),
         "CameraHealthy": bool(snapshot["camera_ok"]),
         "ServiceHealthy": bool(snapshot["service_ok"]),
         "FaultReason": snapshot.get("camera_fault") or snapshot.get("service_fault") or "",
