@@ -151,6 +151,22 @@ def test_check_says_which_cameras_are_replays_analysed_completely(tmp_path):
     assert "a replay: waits for the service, drops nothing" in rows["replay"] and "drops nothing" in rows["ended"]
 
 
+def test_check_says_what_watches_each_camera_besides_its_alarm_rule(tmp_path):
+    """The picture check (when off), the change gate and the self-test's schedule show in --check's summary."""
+    data = base(tmp_path)
+    data["cameras"] = [{"name": "plain", "source": "rtsp://cam/plain"},
+                       {"name": "watched", "source": "rtsp://cam/watched", "change_gate": {"enabled": True},
+                        "selftest": {"every_hours": 12}, "detectability": {"enabled": False}},
+                       {"name": "on-demand", "source": "rtsp://cam/od", "selftest": {"every_hours": None}}]
+    out = subprocess.run([sys.executable, "-m", "leakseg.cli", "monitor", "--check", str(write(tmp_path, data))],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    rows = {line.split(":")[0].strip(): line for line in out.stdout.splitlines()[1:4]}
+    assert "gate" not in rows["plain"] and "self-test" not in rows["plain"] and "picture" not in rows["plain"]
+    assert all(part in rows["watched"] for part in ("picture check off", "change gate on", "self-test every 12 h"))
+    assert "self-test on demand" in rows["on-demand"]
+
+
 def test_check_refuses_an_opcua_user_whose_password_variable_is_set_but_empty(tmp_path):
     """An empty password would let anyone who knows the user name log in: `--check` says so (exit 2), as
     the sink refuses to start; with the variable set to a password the same file passes."""

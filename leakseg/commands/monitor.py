@@ -185,6 +185,7 @@ def summary(config, path) -> str:
             f"{a.min_area_pixels} px in {a.k} of {a.n} frames, clear after {a.clear_frames}"
             + (f" | ignore mask {cam.ignore_mask}" if cam.ignore_mask else "")
             + (f" | {_zones_text(cam.zones)}" if cam.zones else "")
+            + _watch_text(cam)
             + f" | Modbus base {config.modbus_base(i)}")
     s = config.sinks
     outs = []
@@ -198,6 +199,17 @@ def summary(config, path) -> str:
         outs.append(f"modbus {s.modbus.host}:{s.modbus.port}")
     lines.append(f"  service: {config.service.url} model {config.service.model}; outputs: {', '.join(outs) or 'none'}")
     return "\n".join(lines)
+
+
+def _watch_text(cam) -> str:
+    """What watches the camera besides its alarm rule: the picture check, the change gate, the self-test."""
+    parts = ["" if cam.detectability.enabled else "picture check off"]
+    if cam.change_gate.enabled:
+        parts.append("change gate on")
+    if cam.selftest is not None:
+        every = cam.selftest.every_hours
+        parts.append(f"self-test every {every:g} h" if every else "self-test on demand")
+    return "".join(f" | {p}" for p in parts if p)
 
 
 def _zones_text(zones) -> str:
