@@ -40,14 +40,14 @@ import threading
 import time
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set
 
 from leakseg.monitor.alarm import Event, Observation
 from leakseg.monitor.camera import Camera
 from leakseg.monitor.config import MonitorConfig
 from leakseg.monitor.detectability import PictureMetrics, measure_window
 from leakseg.monitor.evidence import WindowEvidence
-from leakseg.monitor.gate import ChangeEnergy, still_observations
+from leakseg.monitor.gate import still_observations
 from leakseg.monitor.measure import observations
 from leakseg.monitor.segmenters import Answer, Segmenter, segment_window
 from leakseg.monitor.selftests import SelfTestScheduler
@@ -349,7 +349,7 @@ class Monitor:
         """The change gate (leakseg.monitor.gate): a still window is not sent to the model; its reported frames
         reach the alarm logic (and the self-test's background) as clear frames, and its picture is still judged,
         so DEGRADED comes as soon as without the gate. Measured in a worker thread, decided on the loop."""
-        energy, picture = await self.calls.run(_measure_for_gate, camera, window)
+        energy = await self.calls.run(camera.gate.measure, window)
         decision = camera.judge_change(energy)
         log.debug("%s: window %d %s: %s", camera.name, window.number, "skipped" if decision.skip else "analysed",
                   decision.reason)
@@ -357,6 +357,8 @@ class Monitor:
             return False
         camera.counters.windows_skipped += 1
         camera.counters.frames_skipped += window.final
+        # an analysed window's picture is measured with its model call (segment_window); a skipped one's here
+        picture = await self.calls.run(_picture_of, camera, window)
         self.emit(camera.judge_picture(picture))
         self._observe(camera, window, still_observations(window))
         self.publish_state(camera.name)
@@ -401,12 +403,11 @@ class Monitor:
         return frozenset(c.logic.leak.id for c in self.cameras.values() if c.logic.leak is not None)
 
 
-def _measure_for_gate(camera: Camera, window: Window) -> Tuple[Optional[ChangeEnergy], Optional[PictureMetrics]]:
-    """In a worker thread: the window's change energy for the gate, and its picture (judged even when the
-    window is skipped)."""
-    frames = [f.pixels for f in window.frames]
-    picture = measure_window(frames) if camera.config.detectability.enabled else None
-    return camera.gate.measure(window), picture
+def _picture_of(camera: Camera, window: Window) -> Optional[PictureMetrics]:
+    """In a worker thread: the picture of a window the gate skipped (judged as if the model had seen it)."""
+    if not camera.config.detectability.enabled:
+        return None
+    return measure_window([f.pixels for f in window.frames])
 
 
 class DaemonCalls:
