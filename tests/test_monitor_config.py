@@ -33,7 +33,7 @@ def test_a_minimal_file_gets_documented_defaults_and_relative_paths(tmp_path):
     assert north.kind == "stream" and east.kind == "folder"
     assert east.source == str(tmp_path / "drop")  # relative to the file, not the working directory
     assert (north.alarm.k, north.alarm.n, north.alarm.clear_frames) == (3, 5, 10)
-    assert north.clip_frames == 8 and north.analysis_fps == 5.0
+    assert north.clip_frames is None and north.analysis_fps == 5.0  # None: 3 streaming in process, 8 via the service
     assert cfg.sinks.jsonl is not None and cfg.sinks.mqtt is None
     assert cfg.modbus_base(0) == 0 and cfg.modbus_base(1) == 16
 

@@ -54,9 +54,10 @@ def test_an_answer_that_does_not_fit_is_a_service_fault_and_the_camera_goes_on(t
         assert reason.startswith("invalid answer: "), reason
     print(f"\n[figure] {kind}: SERVICE_FAULT {faults[0][0]:.2f} s after the start: {reason[:120]}")
     cam = rec.monitor.cameras["cam"]
-    # 9 windows of 4 (2 reported each) + the last 2 frames held at the end; the first two windows failed
-    assert cam.counters.windows_failed == 2 and cam.counters.windows_sent == 7
-    assert cam.logic.frames_analysed == 14 and cam.counters.frames_dropped == 6
+    # 9 windows of 4 (2 reported each) + a last window for the 2 frames held at the end (with the frame before
+    # them); the first two windows failed
+    assert cam.counters.windows_failed == 2 and cam.counters.windows_sent == 8
+    assert cam.logic.frames_analysed == 16 and cam.counters.frames_dropped == 4
     assert cam.snapshot()["service_ok"]
 
 
@@ -71,7 +72,7 @@ def test_a_listener_that_raises_does_not_stop_the_analysis(tmp_path):
         rec.monitor.event_listeners.insert(0, broken_listener)
         rec.run(timeout=30)
     cam = rec.monitor.cameras["cam"]
-    assert cam.logic.frames_analysed == 18 and cam.counters.windows_sent == 9
+    assert cam.logic.frames_analysed == 20 and cam.counters.windows_sent == 10  # the last window: the last 2 frames
     assert [a.kind.value for _, a in rec.raised("LEAK")] == ["LEAK"]  # still reached the other listeners
 
 
@@ -209,8 +210,10 @@ def test_after_a_stale_gap_no_window_mixes_frames_from_both_sides(tmp_path, afte
     after_gap = [bool((c[:, 0, 0] >= 100).any()) for c in clips]
     assert not any(b and a for b, a in zip(before_gap, after_gap)), [c[:, 0, 0] for c in clips]
     assert not rec.raised("SERVICE_FAULT"), rec.summary()
-    assert [len(c) for c in clips] == [5, 8]  # the 5 frames before the gap alone, then the new stream
-    assert rec.monitor.cameras["cam"].logic.frames_analysed == 5 + 6
+    # the 5 frames before the gap alone, then the new stream: a window of 8 and, at its end, its last two frames
+    # with the frame before them
+    assert [len(c) for c in clips] == [5, 8, 3]
+    assert rec.monitor.cameras["cam"].logic.frames_analysed == 5 + 8
 
 
 # -- SIGTERM under load ------------------------------------------------------------------------------------

@@ -12,8 +12,10 @@ checkpoint's own text model (CLIP BPE tokenizer, offline; nothing for FGSTP); 3 
 graph (each frame encoded once, every frame's triplet decoded); 4 compare the graph with the
 eager model on check clips: the largest logit difference relative to the logits' scale (refused
 above --tolerance, default 1e-3) and the IoU of the post-processed masks (refused below 0.99);
-both are printed and stored in the manifest; 5 write the .mar (graph, prompt bank, manifest,
-handler).
+both are printed and stored in the manifest; 5 trace the network's two halves for camera
+streams (the encoder once per frame, the head once per triplet: `leakseg monitor --archive` encodes
+each frame of a stream once) and check them the same way (skip with --no-stream); 6 write the .mar
+(graph, stream halves, prompt bank, manifest, handler).
 
 examples:
   leakseg export --checkpoint IGS-Few_best.pth
@@ -50,6 +52,14 @@ def add_arguments(parser):
                         help="largest logit difference between the exported graph and the eager model, as a share "
                              "of the logits' scale (their largest magnitude, at least 1), above which export refuses "
                              "(default 1e-3); the masks must also agree (IoU >= 0.99)")
+    parser.add_argument("--quantize", choices=["int8"],
+                        help="int8 clip graph (ONNX Runtime static quantization, QDQ, per-channel weights, calibrated "
+                             "on generated clips); refused unless its masks agree with the float graph's (IoU >= "
+                             "0.97 on check clips); the speed-up measured is printed and stored. On the bundled "
+                             "default model it does not pay on AVX2 CPUs (docs/MODELS.md, \"int8\")")
+    parser.add_argument("--no-stream", dest="stream", action="store_false",
+                        help="do not archive the stream halves (smaller archive; `leakseg monitor --archive` then "
+                             "analyses overlapping windows, encoding each frame 1.33 times)")
     parser.add_argument("--kserve", type=Path, metavar="DIR",
                         help="also write KServe's TorchServe-runtime storage layout (config/config.properties + "
                              "model-store/NAME.mar) to DIR, for an InferenceService's storageUri (docs/DEPLOY.md)")
@@ -72,7 +82,8 @@ def run(args):
             output_dir=args.output_dir, prompts=args.prompts, extra_prompts=args.extra_prompts,
             text_model_dir=args.text_model, batch_size=args.batch_size, max_batch_delay_ms=args.max_batch_delay,
             workers=args.workers, limits=ClipLimits(max_frames=args.max_frames),
-            postprocess=postprocess_overrides(args), tolerance=args.tolerance,
+            postprocess=postprocess_overrides(args), tolerance=args.tolerance, stream=args.stream,
+            quantize=args.quantize,
         )
         opts.postprocess_defaults()  # a bad value fails here, before any work
         mar = export_archive(opts)

@@ -181,7 +181,7 @@ def summary(config, path) -> str:
         if cam.lossless:
             rate += " (a replay: waits for the service, drops nothing)"
         lines.append(
-            f"  {cam.name}: {cam.kind} {cam.source} | {rate}, clips of {cam.clip_frames} | LEAK when >= "
+            f"  {cam.name}: {cam.kind} {cam.source} | {rate}, {_windows_text(cam)} | LEAK when >= "
             f"{a.min_area_pixels} px in {a.k} of {a.n} frames, clear after {a.clear_frames}"
             + (f" | ignore mask {cam.ignore_mask}" if cam.ignore_mask else "")
             + (f" | {_zones_text(cam.zones)}" if cam.zones else "")
@@ -199,6 +199,12 @@ def summary(config, path) -> str:
         outs.append(f"modbus {s.modbus.host}:{s.modbus.port}")
     lines.append(f"  service: {config.service.url} model {config.service.model}; outputs: {', '.join(outs) or 'none'}")
     return "\n".join(lines)
+
+
+def _windows_text(cam) -> str:
+    if cam.clip_frames is not None:
+        return f"windows of {cam.clip_frames}"
+    return "windows of 3 (a streaming model in process) or 8 (the service)"
 
 
 def _watch_text(cam) -> str:

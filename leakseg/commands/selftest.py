@@ -223,10 +223,11 @@ def _check_model(segmenter, camera, frames) -> None:
     """One window through the production call before the trials: an unreachable service, a wrong key or a
     refused frame size is said at once, in one line, not after the first trial."""
     from leakseg.monitor.segmenters import segment_window
-    from leakseg.monitor.windows import Frame, Window
+    from leakseg.monitor.windows import Frame, Window, window_length
 
-    clip = [Frame(i, pixels, 0.0) for i, pixels in enumerate(frames[:camera.clip_frames])]
-    _, failure = segment_window(segmenter, camera, Window(camera.name, 0, clip, len(clip)))
+    length = window_length(camera.clip_frames, segmenter.streams)
+    clip = [Frame(i, pixels, 0.0) for i, pixels in enumerate(frames[:length])]
+    _, failure = segment_window(segmenter, camera, Window(camera.name, 0, clip, len(clip), stream=f"{camera.name}/check"))
     if failure:
         raise CannotRun(f"the model did not answer ({segmenter.name}): {failure}")
 

@@ -7,6 +7,7 @@ import logging
 import tempfile
 import threading
 from pathlib import Path
+from typing import Sequence
 
 from leakseg.inference.manifest import MANIFEST_FILE, ArchiveManifest
 
@@ -37,6 +38,7 @@ def write_archive(
     workers: int = 1,
     response_timeout_s: int = 120,
     force: bool = True,
+    extra_files: Sequence[Path] = (),
 ) -> Path:
     from model_archiver.model_archiver_config import ModelArchiverConfig
     from model_archiver.model_packaging import generate_model_archive
@@ -52,7 +54,7 @@ def write_archive(
             handler=str(HANDLER_ENTRY),
             version=manifest.version,
             serialized_file=str(graph_path),
-            extra_files=f"{manifest_path},{bank_path}",
+            extra_files=",".join(str(p) for p in (manifest_path, bank_path, *dict.fromkeys(extra_files))),
             export_path=str(output_dir),
             config_file=str(yaml_path),
             force=force,

@@ -37,6 +37,15 @@ class ExportOptions:
     postprocess: dict = field(default_factory=dict)
     #: The graph check's tolerance: largest logit difference / the logits' scale (None: the default).
     tolerance: Optional[float] = None
+    #: Also archive the network's two halves for camera streams (each frame encoded once; the monitor's
+    #: in-process analysis). They add the weights once more to the archive (ONNX: the encoder's).
+    stream: bool = True
+    #: "int8": ONNX Runtime static quantization of the clip graph (leakseg.export.quantize), calibrated on
+    #: generated clips and refused unless its masks agree with the float graph's (IoU >= 0.97).
+    quantize: Optional[str] = None
+    calibration_clips: int = 16
+    check_clips: int = 8
+    min_int8_mask_iou: Optional[float] = None  # None: MIN_INT8_MASK_IOU (0.97)
 
     def postprocess_defaults(self, family: Optional[str] = None) -> ClipOptions:
         """The archive's defaults: the command line's, over the checkpoint's recommendation, over
@@ -133,7 +142,11 @@ def export_archive(opts: ExportOptions) -> Path:
     opts.postprocess_defaults()  # a bad value fails here, before any work
     if opts.tolerance is not None and not opts.tolerance > 0:
         raise ValueError(f"--tolerance must be positive, got {opts.tolerance}")
-    steps = _Steps(5)
+    if opts.quantize not in (None, "int8"):
+        raise ValueError(f"--quantize must be int8, got {opts.quantize!r}")
+    if opts.quantize and opts.format != "onnx":
+        raise ValueError("--quantize int8 needs --format onnx (ONNX Runtime's static quantization)")
+    steps = _Steps(5 + bool(opts.stream) + bool(opts.quantize))
     steps.start(f"importing {opts.checkpoint}")
     model, bank, text_model = import_model(opts)
     postprocess = opts.postprocess_defaults(model.family)
@@ -158,6 +171,17 @@ def export_archive(opts: ExportOptions) -> Path:
                 f"the exported graph does not match the eager model: {check.summary()}; refusing to archive "
                 "(--tolerance sets the relative limit when you know the difference is harmless)"
             )
+        quantized = None
+        if opts.quantize:
+            steps.start(f"quantizing the clip graph to int8 ({opts.calibration_clips} calibration clips, "
+                        f"{opts.check_clips} check clips)")
+            graph_path, quantized = quantize_checked(model, bank, postprocess, graph_path, opts)
+            steps.finish(quantized["summary"])
+        stream, stream_paths = None, []
+        if opts.stream:
+            steps.start(f"tracing and checking the stream halves ({opts.format})")
+            stream, stream_paths = export_checked_stream(model, opts, postprocess, Path(tmp))
+            steps.finish(f"{sum(p.stat().st_size for p in set(stream_paths)) / 1e6:.1f} MB; {stream.check['summary']}")
         steps.start("writing the archive")
         bank_path = Path(tmp) / PROMPT_BANK_FILE
         bank.save(bank_path)
@@ -178,8 +202,47 @@ def export_archive(opts: ExportOptions) -> Path:
             max_abs_logit_error=check.max_abs_error,
             graph_check=check.to_dict(),
             opset=OPSET if opts.format == "onnx" else None,
+            stream=stream,
+            quantization=quantized,
         )
         mar = write_archive(graph_path, bank_path, manifest, Path(opts.output_dir),
-                            opts.batch_size, opts.max_batch_delay_ms, opts.workers)
+                            opts.batch_size, opts.max_batch_delay_ms, opts.workers, extra_files=stream_paths)
         steps.finish(str(mar))
     return mar
+
+
+def export_checked_stream(model, opts: ExportOptions, postprocess, folder: Path):
+    """The stream halves in ``folder``, checked like the clip graph: (StreamFiles, their paths)."""
+    from leakseg.export.graph import check_stream, export_stream
+    from leakseg.inference.manifest import StreamFiles
+    from leakseg.inference.runtime import load_stream
+
+    encoder, head = export_stream(model, opts.format, folder)
+    check = check_stream(model, load_stream(str(encoder), str(head), opts.format, device="cpu"), postprocess,
+                         opts.tolerance)
+    if not check.passed:
+        raise RuntimeError(f"the stream halves do not match the eager model: {check.summary()}; refusing to "
+                           "archive (--no-stream archives the clip graph alone)")
+    files = StreamFiles(encoder_file=encoder.name, head_file=head.name, check={**check.to_dict(),
+                                                                                "summary": check.summary()})
+    return files, [encoder, head]
+
+
+def quantize_checked(model, bank, postprocess, graph_path: Path, opts: ExportOptions):
+    """The int8 clip graph beside ``graph_path`` and its check against the float graph: (path, check as a dict).
+    Calibration and check clips are generated (leakseg.synth), distinct seeds; preprocessed as requests are."""
+    from leakseg.export.quantize import calibration_feeds, check_quantized, quantize_onnx, synthetic_clips
+    from leakseg.inference import Predictor
+
+    predictor = Predictor.from_model(model, bank, defaults=postprocess, device="cpu")
+    clips = synthetic_clips(opts.calibration_clips + opts.check_clips)
+    feeds = calibration_feeds(predictor, clips)
+    int8_path = graph_path.with_name("graph.int8.onnx")
+    quantize_onnx(graph_path, int8_path, feeds[:opts.calibration_clips])
+    check = check_quantized(graph_path, int8_path, feeds[opts.calibration_clips:], postprocess)
+    if opts.min_int8_mask_iou is not None:
+        check.min_mask_iou = opts.min_int8_mask_iou
+    if not check.passed:
+        raise RuntimeError(f"the int8 graph's masks differ from the float graph's: {check.summary()}; refusing "
+                           "to archive it (export without --quantize)")
+    return int8_path, {**check.to_dict(), "summary": check.summary(), "calibration_clips": opts.calibration_clips}

@@ -1,4 +1,5 @@
-"""Tracing the clip graph (every frame encoded once, every frame's triplet decoded) and checking it."""
+"""Tracing the clip graph (every frame encoded once, every frame's triplet decoded) and checking it; the
+same for the stream halves (each frame's features once, each triplet decoded when complete)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,14 @@ import logging
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
+from torch import nn
 
-from leakseg.model import TripletNetwork, batch_neighbours
+from leakseg.model import TripletNetwork, batch_neighbours, triplet_neighbours
+from leakseg.model.stream import StreamNetwork
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +106,10 @@ def check_graph(model: TripletNetwork, graph, options=None, tolerance: Optional[
                 named["neighbours"].numpy()).cpu()
     if got.shape != expected.shape:
         raise RuntimeError(f"exported graph returned {tuple(got.shape)}, expected {tuple(expected.shape)}")
+    return _compare(expected, got, options, tolerance, min_mask_iou, postprocess)
+
+
+def _compare(expected: torch.Tensor, got: torch.Tensor, options, tolerance, min_mask_iou, postprocess) -> GraphCheck:
     max_abs = float((got - expected).abs().max())
     scale = float(expected.abs().max())
     size = expected.shape[-1]
@@ -113,3 +120,82 @@ def check_graph(model: TripletNetwork, graph, options=None, tolerance: Optional[
     return GraphCheck(max_abs_error=max_abs, logit_scale=scale, relative_error=max_abs / max(scale, 1.0),
                       mask_iou=iou, tolerance=RELATIVE_TOLERANCE if tolerance is None else tolerance,
                       min_mask_iou=min_mask_iou)
+
+
+# --- the stream halves (leakseg.model.stream) -----------------------------------------------------------
+
+#: The files of the stream halves in an archive, per format. TorchScript keeps both methods in one module
+#: (one copy of the weights); ONNX has one graph per half.
+STREAM_FILES = {"onnx": ("encoder.onnx", "head.onnx"), "torchscript": ("stream.pt", "stream.pt")}
+
+
+def stream_example_inputs(stream: StreamNetwork, frames: int = 5, seed: int = 0):
+    """{method: example inputs}: ``frames`` frames of one clip, and the decoding of its published triplets."""
+    cfg = stream.network.config
+    g = torch.Generator().manual_seed(seed)
+    encode = [torch.randn(frames, 3, cfg.input_size, cfg.input_size, generator=g)]
+    if "text" in stream.encoder_inputs:
+        encode.append(torch.randn(1, cfg.text_dim, cfg.prompt_count, generator=g).expand(frames, -1, -1).contiguous())
+    with torch.no_grad():
+        features = stream.encode(*encode)
+    pairs = triplet_neighbours(frames)[: frames - 2]
+    targets = torch.arange(len(pairs), dtype=torch.int64)
+    neighbours = torch.tensor(pairs, dtype=torch.int64)
+    return {"encode": tuple(encode), "decode": (*features, targets, neighbours)}
+
+
+class _Method(nn.Module):
+    """One method of a module as ``forward`` (what the ONNX exporter traces)."""
+
+    def __init__(self, module: nn.Module, method: str):
+        super().__init__()
+        self.module, self.method = module, method
+
+    def forward(self, *args):
+        return getattr(self.module, self.method)(*args)
+
+
+def export_stream(model: TripletNetwork, fmt: str, folder: Path) -> Tuple[Path, Path]:
+    """The stream halves of ``model`` in ``folder``: (encoder file, head file)."""
+    stream = StreamNetwork(model).eval()
+    examples = stream_example_inputs(stream)
+    encoder_path, head_path = (folder / name for name in STREAM_FILES[fmt])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if fmt == "torchscript":
+            torch.jit.trace_module(stream, examples, check_trace=False).save(str(encoder_path))
+            return encoder_path, head_path
+        axes = {"encode": "frames", "decode": "targets"}
+        for (method, (inputs, outputs)), path in zip(stream.signatures().items(), (encoder_path, head_path)):
+            dynamic = {name: {0: axes[method]} for name in (*inputs, *outputs)}
+            for name in inputs:  # the features of a batch: as many as frames, not as targets
+                if name.startswith("features"):
+                    dynamic[name] = {0: "frames"}
+            torch.onnx.export(_Method(stream, method).eval(), examples[method], str(path), input_names=list(inputs),
+                              output_names=list(outputs), dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
+    return encoder_path, head_path
+
+
+@torch.no_grad()
+def check_stream(model: TripletNetwork, runtime, options=None, tolerance: Optional[float] = None,
+                 min_mask_iou: float = MIN_MASK_IOU) -> GraphCheck:
+    """The stream halves as a camera runs them against the eager clip forward: a clip of 6 frames (not the
+    trace's 5) arrives in two parts (4 frames, then 2); each part is encoded alone, and every frame is decoded
+    once its triplet is complete, the last two with the clip's fallback triplets, from features kept from the
+    first call. Same numbers as :func:`check_graph`."""
+    from leakseg.inference.postprocess import postprocess
+    from leakseg.schema import ClipOptions
+
+    options = options or ClipOptions()
+    inputs = dict(zip(model.input_names, example_inputs(model, clip_lengths=(6,), seed=2)))
+    expected = model(*(inputs[n] for n in model.input_names))
+    frames = inputs["frames"].numpy()
+    text = inputs["text"].numpy() if "text" in inputs else None
+    parts = [runtime.encode(frames[a:b], None if text is None else text[a:b]) for a, b in ((0, 4), (4, 6))]
+    features = [np.concatenate([p[i] for p in parts]) for i in range(3)]
+    neighbours = np.asarray(triplet_neighbours(6), dtype=np.int64)
+    got = torch.cat([runtime.decode(features, np.arange(a, b, dtype=np.int64), neighbours[a:b]).cpu()
+                     for a, b in ((0, 2), (2, 6))])
+    if got.shape != expected.shape:
+        raise RuntimeError(f"the stream halves returned {tuple(got.shape)}, expected {tuple(expected.shape)}")
+    return _compare(expected, got, options, tolerance, min_mask_iou, postprocess)

@@ -7,5 +7,6 @@ post-processing and the archive manifest.
 """
 
 from leakseg.inference.predictor import PreparedClip, Predictor
+from leakseg.inference.stream import StreamPredictor
 
-__all__ = ["PreparedClip", "Predictor"]
+__all__ = ["PreparedClip", "Predictor", "StreamPredictor"]

@@ -16,6 +16,23 @@ PROMPT_BANK_FILE = "prompt_bank.safetensors"
 GRAPH_FILES = {"onnx": "graph.onnx", "torchscript": "graph.pt"}
 
 
+class StreamFiles(BaseModel):
+    """The network's two halves for camera streams (leakseg.model.stream): each frame encoded once, each frame
+    decoded as soon as its triplet is complete. The same file twice for TorchScript (one module, two methods)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    encoder_file: str
+    head_file: str
+    check: dict = Field(..., description="the export check of the halves against the eager clip forward "
+                        "(leakseg.export.graph.check_stream)")
+
+    @field_validator("encoder_file", "head_file")
+    @classmethod
+    def _plain_names(cls, name: str) -> str:
+        return plain_file_name(name)
+
+
 class ArchiveManifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -35,6 +52,10 @@ class ArchiveManifest(BaseModel):
     graph_check: Optional[dict] = Field(None, description="the export check: absolute and relative logit "
                                         "difference, mask IoU, tolerances (leakseg.export.graph.GraphCheck)")
     opset: Optional[int] = None
+    quantization: Optional[dict] = Field(None, description="an int8 clip graph's check against the float graph "
+                                         "(leakseg.export.quantize.QuantizationCheck); None: float")
+    stream: Optional[StreamFiles] = Field(None, description="the stream halves, when the archive has them "
+                                          "(older archives, and those exported with --no-stream, do not)")
 
     @field_validator("graph_file", "prompt_bank_file")
     @classmethod

@@ -29,10 +29,11 @@ from pydantic import ValidationError
 from leakseg.inference.manifest import MANIFEST_FILE, ArchiveManifest, archive_file, extract_archive
 from leakseg.inference.postprocess import FrameFacts, postprocess
 from leakseg.inference.preprocess import preprocess_clip
-from leakseg.inference.runtime import TorchGraph, load_graph
+from leakseg.inference.runtime import TorchGraph, TorchStream, load_graph, load_stream
 from leakseg.io.frames import ClipLimits, check_clip, to_uint8_clip
 from leakseg.model.family import DEFAULT_FAMILY
 from leakseg.model.prompts import PromptBank
+from leakseg.model.stream import StreamNetwork
 from leakseg.model.temporal import batch_neighbours
 from leakseg.schema import (
     BoundingBox, ClipInfo, ClipOptions, ClipResult, ErrorCode, FrameResult, InputError, ModelDescription,
@@ -86,8 +87,9 @@ def parse_options(raw, defaults: ClipOptions) -> ClipOptions:
 class Predictor:
     def __init__(self, graph, bank: PromptBank, *, name: str, version: str, config: dict,
                  defaults: Optional[ClipOptions] = None, limits: Optional[ClipLimits] = None,
-                 manifest: Optional[ArchiveManifest] = None, prepare_threads: int = 4):
+                 manifest: Optional[ArchiveManifest] = None, prepare_threads: int = 4, stream=None):
         self.graph = graph
+        self.stream = stream  # the stream halves (OnnxStream, TorchStream) when loaded: leakseg.inference.stream
         self.bank = bank
         self.name, self.version, self.config = name, version, config
         self.defaults = defaults or ClipOptions()
@@ -100,26 +102,33 @@ class Predictor:
 
     # --- loading ---------------------------------------------------------------------------
     @classmethod
-    def from_model_dir(cls, model_dir: Union[str, Path], device: str = "auto", threads: Optional[int] = None) -> "Predictor":
-        """From an extracted archive (what TorchServe hands a handler)."""
+    def from_model_dir(cls, model_dir: Union[str, Path], device: str = "auto", threads: Optional[int] = None,
+                       stream: bool = False) -> "Predictor":
+        """From an extracted archive (what TorchServe hands a handler); ``stream``: also load the archive's stream
+        halves, when it has them (``leakseg.inference.stream.StreamPredictor`` runs them)."""
         d = Path(model_dir)
         # Every file by archive_file: the manifest's names are the archive's, and must not lead outside it.
         manifest = ArchiveManifest.model_validate_json(archive_file(d, MANIFEST_FILE).read_text())
         graph = load_graph(str(archive_file(d, manifest.graph_file)), manifest.format, device, threads)
         bank = PromptBank.load(archive_file(d, manifest.prompt_bank_file))
+        halves = None
+        if stream and manifest.stream is not None:
+            halves = load_stream(str(archive_file(d, manifest.stream.encoder_file)),
+                                 str(archive_file(d, manifest.stream.head_file)), manifest.format, device, threads)
         log.info("loaded %s v%s (%s, %s)", manifest.name, manifest.version, manifest.config["backbone"], graph.name)
         return cls(graph, bank, name=manifest.name, version=manifest.version, config=manifest.config,
-                   defaults=manifest.postprocess, limits=manifest.limits, manifest=manifest)
+                   defaults=manifest.postprocess, limits=manifest.limits, manifest=manifest, stream=halves)
 
     @classmethod
-    def from_archive(cls, path: Union[str, Path], device: str = "auto", threads: Optional[int] = None) -> "Predictor":
+    def from_archive(cls, path: Union[str, Path], device: str = "auto", threads: Optional[int] = None,
+                     stream: bool = False) -> "Predictor":
         """From a .mar file or an extracted archive folder. A .mar is unpacked into a private
         temporary folder that is removed once the graph and the prompt bank are in memory."""
         p = Path(path)
         if p.is_dir():
-            return cls.from_model_dir(p, device, threads)
+            return cls.from_model_dir(p, device, threads, stream)
         with tempfile.TemporaryDirectory(prefix="leakseg-model-") as tmp:
-            return cls.from_model_dir(extract_archive(p, Path(tmp)), device, threads)
+            return cls.from_model_dir(extract_archive(p, Path(tmp)), device, threads, stream)
 
     @classmethod
     def from_model(cls, model, bank: PromptBank, *, defaults: Optional[ClipOptions] = None,
@@ -127,12 +136,15 @@ class Predictor:
                    input_size: Optional[int] = None, name: str = "eager", version: str = "0") -> "Predictor":
         """Around an eager network (validation during training, evaluation of a checkpoint): the same
         checks, preprocessing and post-processing as an archive, at the config's input size or
-        ``input_size``. Puts the model in eval mode."""
+        ``input_size``. Puts the model in eval mode. Its stream halves are the same module's
+        (``leakseg.model.stream.StreamNetwork``)."""
         graph = TorchGraph(model, device, threads, name="eager")
+        halves = TorchStream(StreamNetwork(model, input_size), device, threads, name="eager")
         config = model.config.to_dict()
         if input_size is not None:
             config["input_size"] = int(input_size)
-        return cls(graph, bank, name=name, version=version, config=config, defaults=defaults, limits=limits)
+        return cls(graph, bank, name=name, version=version, config=config, defaults=defaults, limits=limits,
+                   stream=halves)
 
     # --- requests ----------------------------------------------------------------------------
     def describe(self) -> ModelDescription:
@@ -165,10 +177,14 @@ class Predictor:
         t0 = time.perf_counter()
         settings = settings or self.settings()
         check_clip(frames, self.limits, names)
-        tensor = preprocess_clip(to_uint8_clip(frames), self.input_size, self._pool)
+        tensor = self.preprocess(to_uint8_clip(frames))
         h, w = frames[0].shape[:2]
         return PreparedClip(tensor=tensor, settings=settings, height=h, width=w,
                             prepare_ms=(time.perf_counter() - t0) * 1000.0)
+
+    def preprocess(self, frames: Sequence[np.ndarray]) -> np.ndarray:
+        """8-bit frames -> the graph's (T, 3, S, S) input, the frames resized in parallel."""
+        return preprocess_clip(frames, self.input_size, self._pool)
 
     def run(self, clips: Sequence[PreparedClip]) -> List[ClipResult]:
         """All frames of all clips through one graph call, then per-clip post-processing."""
@@ -182,7 +198,7 @@ class Predictor:
             t1 = time.perf_counter()
             facts = postprocess(logits[start : start + c.num_frames], c.height, c.width, c.settings.options)
             start += c.num_frames
-            result = self._result(c, facts)
+            result = self.result(c.settings, c.height, c.width, facts)
             post_ms = (time.perf_counter() - t1) * 1000.0
             result.timings = Timings(decode_ms=c.prepare_ms, model_ms=model_ms, postprocess_ms=post_ms,
                                      total_ms=c.prepare_ms + model_ms + post_ms)
@@ -210,10 +226,11 @@ class Predictor:
         return self.graph(frames, text, neighbours)
 
     # --- results ---------------------------------------------------------------------------
-    def _result(self, clip: PreparedClip, facts: FrameFacts) -> ClipResult:
-        pixels = clip.height * clip.width
+    def result(self, settings: RequestSettings, height: int, width: int, facts: FrameFacts) -> ClipResult:
+        """The answer for post-processed frames of ``height`` x ``width`` (one per row of ``facts``)."""
+        pixels = height * width
         frames = []
-        for i in range(clip.num_frames):
+        for i in range(len(facts.area)):
             area = int(facts.area[i])
             x, y, w, h = (int(v) for v in facts.bbox[i])
             frames.append(FrameResult(
@@ -224,14 +241,14 @@ class Predictor:
                 bbox=BoundingBox(x=x, y=y, width=w, height=h) if area else None,
                 centroid=Point(x=float(facts.centroid[i, 0]), y=float(facts.centroid[i, 1])) if area else None,
                 max_score=float(facts.max_score[i]),
-                mask=RLEMask(**encode_rle(facts.masks[i])) if clip.settings.options.return_masks else None,
+                mask=RLEMask(**encode_rle(facts.masks[i])) if settings.options.return_masks else None,
                 probability=_probability_map(facts.probability[i]) if facts.probability is not None else None,
             ))
         leak_frames = [f.index for f in frames if f.leak]
         return ClipResult(
-            model=ModelInfo(name=self.name, version=self.version, family=self.family, prompts=clip.settings.prompts),
+            model=ModelInfo(name=self.name, version=self.version, family=self.family, prompts=settings.prompts),
             clip=ClipInfo(
-                frames=clip.num_frames, height=clip.height, width=clip.width,
+                frames=len(frames), height=height, width=width,
                 leak_detected=bool(leak_frames), leak_frames=leak_frames,
                 max_leak_fraction=max(f.area_fraction for f in frames),
             ),

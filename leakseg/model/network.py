@@ -67,6 +67,15 @@ class TripletNetwork(nn.Module):
         second = [f.index_select(0, neighbours[:, 1]) for f in feats]
         return self.decode(feats, first, second, out_size)
 
+    def decode_targets(self, feats: Features, targets: torch.Tensor, neighbours: torch.Tensor, out_size):
+        """:meth:`decode` for some frames of a batch: ``targets`` (M,) int64 rows to decode, ``neighbours``
+        (M, 2) int64 rows of their two neighbours. A stream decodes each frame once its triplet is complete,
+        from features computed when each frame arrived (leakseg.model.stream)."""
+        target = [f.index_select(0, targets) for f in feats]
+        first = [f.index_select(0, neighbours[:, 0]) for f in feats]
+        second = [f.index_select(0, neighbours[:, 1]) for f in feats]
+        return self.decode(target, first, second, out_size)
+
     def encode(self, frames: torch.Tensor, *text: torch.Tensor) -> Features:
         """Features of each frame at strides 8, 16, 32; ``text`` is the text matrix of a family that takes prompts."""
         raise NotImplementedError

@@ -23,7 +23,7 @@ from leakseg.monitor.gate import ChangeEnergy, ChangeGate, GateDecision
 from leakseg.monitor.measure import camera_ignore_mask
 from leakseg.monitor.selftests import SelfTestStatus
 from leakseg.monitor.sources import SourceCallbacks
-from leakseg.monitor.windows import Frame, Window, WindowBuilder
+from leakseg.monitor.windows import Frame, Window, WindowBuilder, window_length
 
 if TYPE_CHECKING:  # the monitor imports this module
     from leakseg.monitor.runner import Monitor
@@ -55,7 +55,7 @@ class Camera(SourceCallbacks):
         self.logic = AlarmLogic(config.name, config.alarm)
         self.picture = PictureCheck(config.detectability)  # can the camera see gas (DEGRADED)
         self.gate = ChangeGate(config.change_gate) if config.change_gate.enabled else None  # still: skip the model
-        self.builder = WindowBuilder(config.name, config.clip_frames)
+        self.builder = WindowBuilder(config.name, window_length(config.clip_frames, monitor.segmenter.streams))
         self.ignore = camera_ignore_mask(config)  # image and zones; built per frame size on first use
         self.pending: Deque[Window] = deque()
         self.wakeup = asyncio.Event()

@@ -163,7 +163,10 @@ class CameraConfig(StrictModel):
         "'folder' when source is an existing directory.")
     analysis_fps: Optional[float] = Field(5.0, gt=0, description="Frames per second taken from the stream "
                                           "(by timestamp); null takes every frame.")
-    clip_frames: int = Field(8, ge=3, le=64, description="Frames per clip sent to the service (windows overlap by 2).")
+    clip_frames: Optional[int] = Field(None, ge=3, le=64, description="Frames per window (windows overlap by 2; "
+                                       "each frame is reported once). Unset: 3 when the model runs in process "
+                                       "and streams (a frame's mask is ready when the frame two after it arrives; "
+                                       "each frame encoded once), 8 for the service (a request per 6 frames).")
     realtime: Optional[bool] = Field(None, description="Pace a video file at its own frame rate (default: true "
                                      "for files, streams are real time anyway). false reads a recording as fast "
                                      "as the service takes it, without dropping windows. Drop folders: false analyses every frame "

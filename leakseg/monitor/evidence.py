@@ -81,7 +81,7 @@ def write_evidence(folder: Path, window: Window, result: ClipResult, alarm: Dict
         (folder / "alarm.json").write_text(json.dumps(alarm, indent=1), encoding="utf-8")
         from leakseg.utils.overlay import render_overlays, write_overlays
 
-        clip = np.stack([f.pixels for f in window.frames])
+        clip = np.stack([f.pixels for f in window.reported])  # the answer is the reported frames
         write_overlays(render_overlays(clip, result), folder / f"{stem}.gif", fps=5)
         prune(folder.parent, keep, active)
     except Exception as exc:  # noqa: BLE001 - evidence must never stop the alarm path

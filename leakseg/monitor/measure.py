@@ -34,11 +34,11 @@ def camera_ignore_mask(camera: CameraConfig) -> Optional[IgnoreMask]:
 
 def observations(window: Window, result: ClipResult, ignore: Optional[IgnoreMask],
                  masks: np.ndarray) -> List[Observation]:
-    """One observation per *reported* frame of the window (its first ``window.final`` frames).
+    """One observation per *reported* frame of the window (``window.reported``).
 
     ``ignore``: the camera's :class:`IgnoreMask` (None: nothing ignored); ValueError when it does not fit
-    the frames. ``masks``: the result's T x H x W masks, already checked and decoded (the monitor does that
-    once per answer, :func:`leakseg.monitor.segmenters.checked_masks`)."""
+    the frames. ``result`` and ``masks``: the answer for the reported frames, in order (F x H x W masks, already
+    checked and decoded: :func:`leakseg.monitor.segmenters.segment_window` does that once per answer)."""
     h, w = masks.shape[1:]
     if ignore is not None:
         masks = masks & ~ignore.for_frame(h, w)

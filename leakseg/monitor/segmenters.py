@@ -20,12 +20,19 @@ log = logging.getLogger("leakseg.monitor")
 
 
 class Segmenter:
-    """``segment(frames, prompts, options) -> ClipResult``, blocking, thread-safe."""
+    """``segment(frames, prompts, options) -> ClipResult``, blocking, thread-safe. A segmenter that
+    ``streams`` also keeps each stream's frame features: ``segment_stream`` encodes only the frames of a
+    window it has not seen and answers for the frames asked for (leakseg.inference.stream)."""
 
     name = "segmenter"
+    streams = False
 
     def segment(self, clip: np.ndarray, prompts: Optional[List[str]], options: Dict[str, Any]) -> ClipResult:
         raise NotImplementedError  # pragma: no cover - interface
+
+    def segment_stream(self, stream: str, frames: List[np.ndarray], report: range, prompts: Optional[List[str]],
+                       options: Dict[str, Any]) -> ClipResult:
+        raise NotImplementedError  # pragma: no cover - only when ``streams``
 
     def close(self) -> None:
         pass
@@ -50,18 +57,25 @@ class ServiceSegmenter(Segmenter):
 
 
 class ArchiveSegmenter(Segmenter):
-    """In process, from a .mar archive (``--archive``): no TorchServe needed."""
+    """In process, from a .mar archive (``--archive``): no TorchServe needed. With the archive's stream halves
+    (and ``stream``), each camera's frames are encoded once (``streams``)."""
 
-    def __init__(self, archive: str, device: str = "cpu"):
-        from leakseg.inference import Predictor
+    def __init__(self, archive: str, device: str = "cpu", stream: bool = True):
+        from leakseg.inference import Predictor, StreamPredictor
 
-        self.predictor = Predictor.from_archive(archive, device=device)
+        self.predictor = Predictor.from_archive(archive, device=device, stream=stream)
+        self.streamer = StreamPredictor(self.predictor) if self.predictor.stream is not None else None
+        self.streams = self.streamer is not None
         self.lock = threading.Lock()
-        self.name = f"archive {archive}"
+        self.name = f"archive {archive}" + (" (streams)" if self.streams else "")
 
     def segment(self, clip, prompts, options):
         with self.lock:
             return self.predictor.predict(list(clip), prompts, options)
+
+    def segment_stream(self, stream, frames, report, prompts, options):
+        with self.lock:
+            return self.streamer.predict(stream, frames, report, prompts, options)
 
 
 class InvalidAnswer(ValueError):
@@ -70,8 +84,9 @@ class InvalidAnswer(ValueError):
 
 @dataclass
 class Answer:
-    """A service answer checked against the window sent, and its masks (T x H x W bool), decoded once; and the
-    window's picture (:mod:`leakseg.monitor.detectability`), measured here, off the loop (None: not checked)."""
+    """The answer for a window's *reported* frames (``window.reported``, in order), checked against the frames
+    sent, and their masks (F x H x W bool), decoded once; and the window's picture
+    (:mod:`leakseg.monitor.detectability`), measured here, off the loop (None: not checked)."""
 
     result: ClipResult
     masks: np.ndarray
@@ -84,10 +99,16 @@ def segment_window(segmenter: Segmenter, camera: CameraConfig, window: Window) -
     from leakseg.client.errors import LeakSegError
 
     try:
-        clip = np.stack([f.pixels for f in window.frames])
-        result = segmenter.segment(clip, camera.prompts, dict(camera.options))
-        masks = checked_masks(result, clip.shape[0], clip.shape[1:3])
-        picture = measure_window(clip) if camera.detectability.enabled else None
+        frames = [f.pixels for f in window.frames]
+        size = frames[0].shape[:2]
+        report = range(window.first, window.first + window.final)
+        if segmenter.streams:
+            result = segmenter.segment_stream(window.stream, frames, report, camera.prompts, dict(camera.options))
+            masks = checked_masks(result, len(report), size)
+        else:
+            result = segmenter.segment(np.stack(frames), camera.prompts, dict(camera.options))
+            result, masks = reported_part(result, checked_masks(result, len(frames), size), report)
+        picture = measure_window(frames) if camera.detectability.enabled else None
         return Answer(result, masks, picture), None
     except InvalidAnswer as exc:
         return None, f"invalid answer: {exc}"
@@ -96,6 +117,17 @@ def segment_window(segmenter: Segmenter, camera: CameraConfig, window: Window) -
     except Exception as exc:  # noqa: BLE001 - in-process errors (InputError, runtime) are service faults too
         log.debug("segment failed", exc_info=True)
         return None, f"{type(exc).__name__}: {exc}"
+
+
+def reported_part(result: ClipResult, masks: np.ndarray, report: range) -> Tuple[ClipResult, np.ndarray]:
+    """A whole window's answer cut to its reported frames, numbered from 0 (the clip facts recomputed)."""
+    if len(report) == len(result.frames):
+        return result, masks
+    frames = [f.model_copy(update={"index": i}) for i, f in enumerate(result.frames[report.start:report.stop])]
+    leaks = [f.index for f in frames if f.leak]
+    clip = result.clip.model_copy(update={"frames": len(frames), "leak_detected": bool(leaks), "leak_frames": leaks,
+                                          "max_leak_fraction": max(f.area_fraction for f in frames)})
+    return result.model_copy(update={"frames": frames, "clip": clip}), masks[report.start:report.stop]
 
 
 def checked_masks(result: ClipResult, frames: int, size: Tuple[int, int]) -> np.ndarray:

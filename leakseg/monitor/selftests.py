@@ -118,13 +118,21 @@ class IdleSegmenter(Segmenter):
         self.busy = busy
         self.stopping = stopping
         self.name = f"idle {segmenter.name}"
+        self.streams = segmenter.streams
 
     def segment(self, clip, prompts, options):
+        self._wait_for_idle()
+        return self.segmenter.segment(clip, prompts, options)
+
+    def segment_stream(self, stream, frames, report, prompts, options):
+        self._wait_for_idle()
+        return self.segmenter.segment_stream(stream, frames, report, prompts, options)
+
+    def _wait_for_idle(self) -> None:
         while self.busy():
             if self.stopping():
                 raise SelfTestStopped("the monitor is stopping")
             time.sleep(self.POLL_SECONDS)
-        return self.segmenter.segment(clip, prompts, options)
 
 
 @dataclass

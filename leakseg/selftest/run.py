@@ -37,7 +37,7 @@ from leakseg.monitor.config import CameraConfig
 from leakseg.monitor.gate import ChangeGate
 from leakseg.monitor.measure import camera_ignore_mask
 from leakseg.monitor.segmenters import Segmenter
-from leakseg.monitor.windows import WindowBuilder
+from leakseg.monitor.windows import WindowBuilder, window_length
 from leakseg.monitor.zones import IgnoreMask
 from leakseg.selftest import detection
 from leakseg.selftest.inject import Injected, PlumeSpec, inject_plume, source_positions
@@ -264,7 +264,8 @@ def _limits(trials: List[TrialResult], grid: PlumeGrid, probability: float) -> D
 def _settings(ctx: _Context) -> Dict:
     camera = ctx.camera
     return {"grid": ctx.grid.model_dump(), "target": ctx.target.model_dump(), "alarm": camera.alarm.model_dump(),
-            "options": dict(camera.options), "prompts": camera.prompts, "clip_frames": camera.clip_frames,
+            "options": dict(camera.options), "prompts": camera.prompts,
+            "clip_frames": window_length(camera.clip_frames, ctx.segmenter.streams),
             "reference_contrast": detection.reference_contrast(ctx.grid.contrasts, ctx.target),
             "ignore": ctx.ignore is not None, "visibility_threshold": VISIBILITY_THRESHOLD,
             "change_gate": {**camera.change_gate.model_dump(), "applied": ctx.gate is not None}}

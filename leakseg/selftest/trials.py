@@ -1,8 +1,8 @@
 """The camera's production path on a sequence of frames, for the self-test: its windows, its model, its ignore
 mask and its alarm rule, with the monitor's own functions (nothing here re-implements them).
 
-:func:`replay` feeds frames through :class:`~leakseg.monitor.windows.WindowBuilder` (``clip_frames``,
-overlapping by 2, flushed at the end), :func:`~leakseg.monitor.segmenters.segment_window` (the camera's
+:func:`replay` feeds frames through :class:`~leakseg.monitor.windows.WindowBuilder` (the camera's window
+length, overlapping by 2, flushed at the end), :func:`~leakseg.monitor.segmenters.segment_window` (the camera's
 prompts and options) and :func:`~leakseg.monitor.measure.observations` (its ignore mask and zones).
 :func:`alarm_replay` runs a fresh :class:`~leakseg.monitor.alarm.AlarmLogic` over the observations:
 never the live camera's, whose state the self-test must not touch.
@@ -24,7 +24,7 @@ from leakseg.monitor.config import AlarmSettings, CameraConfig
 from leakseg.monitor.gate import ChangeGate, still_observations
 from leakseg.monitor.measure import observations
 from leakseg.monitor.segmenters import Segmenter, segment_window
-from leakseg.monitor.windows import Frame, Window, WindowBuilder
+from leakseg.monitor.windows import Frame, Window, WindowBuilder, window_length
 from leakseg.monitor.zones import IgnoreMask
 
 #: One analysed frame: what the alarm logic sees, and the model's mask after the ignore mask (H x W bool; None
@@ -55,7 +55,7 @@ def replay(frames: Sequence[np.ndarray], camera: CameraConfig, segmenter: Segmen
     self-test learns them on the clean background), its run starts again with each replay."""
     logic = _gated_logic(camera, gate)
     seen: List[Seen] = []
-    for window in _windows(frames, camera):
+    for window in _windows(frames, camera, segmenter.streams):
         if gate is not None and gate.decide(gate.measure(window), logic).skip:
             window_seen = _still(window, keep_masks)
         else:
@@ -66,9 +66,10 @@ def replay(frames: Sequence[np.ndarray], camera: CameraConfig, segmenter: Segmen
     return seen
 
 
-def _windows(frames: Sequence[np.ndarray], camera: CameraConfig) -> Iterator[Window]:
-    """The camera's windows over ``frames`` (``clip_frames``, overlapping by 2), the last one flushed."""
-    builder = WindowBuilder(camera.name, camera.clip_frames)
+def _windows(frames: Sequence[np.ndarray], camera: CameraConfig, streams: bool) -> Iterator[Window]:
+    """The camera's windows over ``frames`` (its window length, overlapping by 2), the last one flushed; a stream
+    of their own (a segmenter that streams keeps the replay's frame features apart from the live camera's)."""
+    builder = WindowBuilder(camera.name, window_length(camera.clip_frames, streams), stream=f"{camera.name}/selftest")
     for i, pixels in enumerate(frames):
         window = builder.push(Frame(seq=i, pixels=pixels, arrived=float(i)))
         if window is not None:
@@ -114,7 +115,7 @@ def _analysed(window: Window, camera: CameraConfig, segmenter: Segmenter, ignore
         raise SelfTestError(str(exc)) from exc
     if not keep_masks:
         return [(obs, None) for obs in observed]
-    masks = answer.masks[: window.final]
+    masks = answer.masks
     if ignore is not None:
         masks = masks & ~ignore.for_frame(*masks.shape[1:])
     return list(zip(observed, masks))
