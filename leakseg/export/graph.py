@@ -130,12 +130,10 @@ STREAM_FILES = {"onnx": ("encoder.onnx", "head.onnx"), "torchscript": ("stream.p
 
 
 def stream_example_inputs(stream: StreamNetwork, frames: int = 5, seed: int = 0):
-    """{method: example inputs}: ``frames`` frames of one clip, and the decoding of its published triplets."""
-    cfg = stream.network.config
-    g = torch.Generator().manual_seed(seed)
-    encode = [torch.randn(frames, 3, cfg.input_size, cfg.input_size, generator=g)]
-    if "text" in stream.encoder_inputs:
-        encode.append(torch.randn(1, cfg.text_dim, cfg.prompt_count, generator=g).expand(frames, -1, -1).contiguous())
+    """{method: example inputs}: ``frames`` frames of one clip (the clip graph's example), and the decoding of
+    its published triplets."""
+    clip = dict(zip(stream.network.input_names, example_inputs(stream.network, clip_lengths=(frames,), seed=seed)))
+    encode = [clip[name] for name in stream.encoder_inputs]
     with torch.no_grad():
         features = stream.encode(*encode)
     pairs = triplet_neighbours(frames)[: frames - 2]

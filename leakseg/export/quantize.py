@@ -208,8 +208,7 @@ def calibration_feeds(predictor, clips: Sequence[Sequence[np.ndarray]], prompts:
         tensor = predictor.prepare(frames, settings).tensor
         feed = {"frames": tensor}
         if settings.text is not None:  # the same expansion as Predictor._forward
-            feed["text"] = np.ascontiguousarray(
-                np.broadcast_to(settings.text, (len(tensor), *settings.text.shape)), dtype=np.float32)
+            feed["text"] = settings.text_rows(len(tensor))
         feed["neighbours"] = np.asarray(batch_neighbours([len(tensor)]), dtype=np.int64)
         feeds.append({k: v for k, v in feed.items() if input_names is None or k in input_names})
     return feeds

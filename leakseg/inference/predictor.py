@@ -52,6 +52,13 @@ class RequestSettings:
     text: Optional[np.ndarray]  # (D, P) the text matrix; None for a model without text (FGSTP)
     options: ClipOptions
 
+    def text_rows(self, frames: int) -> Optional[np.ndarray]:
+        """The graph's ``text`` input for ``frames`` frames of this request: (frames, D, P) float32, the text
+        matrix once per frame; None for a model without text."""
+        if self.text is None:
+            return None
+        return np.ascontiguousarray(np.broadcast_to(self.text, (frames, *self.text.shape)), dtype=np.float32)
+
 
 @dataclass
 class PreparedClip:
@@ -220,9 +227,7 @@ class Predictor:
         neighbours = np.asarray(batch_neighbours([c.num_frames for c in clips]), dtype=np.int64)
         text = None  # a model without text (FGSTP) has no text input
         if self.bank.takes_prompts:
-            text = np.ascontiguousarray(np.concatenate(
-                [np.broadcast_to(c.settings.text, (c.num_frames, *c.settings.text.shape)) for c in clips]),
-                dtype=np.float32)
+            text = np.concatenate([c.settings.text_rows(c.num_frames) for c in clips])
         return self.graph(frames, text, neighbours)
 
     # --- results ---------------------------------------------------------------------------
